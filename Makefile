@@ -1,0 +1,63 @@
+# Two set-up commands: `make run` (the whole lifecycle once, locally) and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VAR := $(CURDIR)/var
+ENV := . $(VAR)/env.sh &&
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+CONF ?= {}
+MLFLOW_PORT ?= 5000
+
+.PHONY: run test install lint up down clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: the pinned CPU wheel; anything unpinned would pull a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+$(VAR)/env.sh: $(VENV)/.installed tasks/localenv.py
+	mkdir -p $(VAR)
+	$(PY) -m tasks.localenv $(VAR) > $@
+
+$(VAR)/airflow/.migrated: $(VAR)/env.sh
+	$(ENV) mkdir -p $$AIRFLOW_HOME && airflow db migrate > $(VAR)/airflow/migrate.log 2>&1
+	touch $@
+
+run: $(VAR)/airflow/.migrated
+	@echo "running aigc_lifecycle once on the bundled demo data (conf: $(CONF))"
+	$(ENV) airflow dags test aigc_lifecycle -c '$(CONF)' > $(VAR)/last-run.log 2>&1 \
+	  || { tail -40 $(VAR)/last-run.log; exit 1; }
+	@echo "full log: $(VAR)/last-run.log"
+	@$(ENV) airflow dags list-runs aigc_lifecycle -o json 2>/dev/null | $(PY) -m tasks.summary
+	@echo
+	@echo "Look at the results:"
+	@echo "  make up    # Airflow UI + REST on http://localhost:8080 (user admin, password printed),"
+	@echo "             # MLflow UI on http://localhost:$(MLFLOW_PORT); 'make down' stops both"
+
+test: $(VENV)/.test-installed
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(VENV)/.test-installed
+	$(PY) -m ruff check .
+
+up: $(VAR)/airflow/.migrated
+	$(ENV) scripts/up.sh $(MLFLOW_PORT)
+
+down:
+	scripts/down.sh $(VAR)/pids
+
+clean:
+	rm -rf $(VAR)

@@ -1,0 +1,56 @@
+"""aigc_lifecycle: data to champion — ingest, validate, preprocess, train, register,
+evaluate, promote. Wiring only; every stage lives in the `tasks` package."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from aigc_airflow import config_params, stage_task
+from airflow.sdk import dag
+
+SCHEDULE = os.environ.get("AIGC_LIFECYCLE_SCHEDULE", "@weekly")
+TIMEOUTS = {
+    "ingest": timedelta(minutes=20),
+    "validate": timedelta(minutes=20),
+    "preprocess": timedelta(minutes=30),
+    "train": timedelta(hours=6),
+    "register": timedelta(minutes=20),
+    "evaluate": timedelta(hours=1),
+    "promote": timedelta(minutes=10),
+}
+
+
+@dag(
+    dag_id="aigc_lifecycle",
+    description="Validate, train, register, evaluate and promote the AIGC model",
+    # A cron expression or preset; "none" disables the schedule (triggered runs only).
+    schedule=None if SCHEDULE.lower() == "none" else SCHEDULE,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=config_params(),
+    tags=["aigc", "lifecycle", "training"],
+    default_args={
+        "owner": "ml-platform",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=10),
+    },
+    doc_md=__doc__,
+)
+def aigc_lifecycle():
+    ingest = stage_task("ingest", execution_timeout=TIMEOUTS["ingest"])()
+    validate = stage_task("validate", execution_timeout=TIMEOUTS["validate"])({"ingest": ingest})
+    preprocess = stage_task("preprocess", execution_timeout=TIMEOUTS["preprocess"])(
+        {"validate": validate})
+    train = stage_task("train", execution_timeout=TIMEOUTS["train"])({"preprocess": preprocess})
+    register = stage_task("register", execution_timeout=TIMEOUTS["register"])(
+        {"train": train, "ingest": ingest})
+    evaluate = stage_task("evaluate", execution_timeout=TIMEOUTS["evaluate"])(
+        {"register": register, "preprocess": preprocess})
+    stage_task("promote", execution_timeout=TIMEOUTS["promote"])({"evaluate": evaluate})
+
+
+aigc_lifecycle()

@@ -1,0 +1,53 @@
+"""Stage tasks: the only place that decides how a stage runs for Airflow."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from tasks.config import params_schema
+
+
+def config_params() -> dict[str, Any]:
+    """Airflow Params generated from LifecycleConfig: the UI form and REST conf validation."""
+    from airflow.sdk import Param
+
+    return {
+        name: Param(spec.pop("default"), description=spec.pop("description"), **spec)
+        for name, spec in params_schema().items()
+    }
+
+
+def context_config(params: dict[str, Any], conf: dict[str, Any] | None):
+    """The run's config. Airflow has validated known conf keys against the Params but lets
+    unknown ones through; merging conf back in makes an unknown key a named error."""
+    from tasks.config import LifecycleConfig
+
+    return LifecycleConfig.from_dict(dict(params) | dict(conf or {}))
+
+
+def stage_task(stage: str, *, execution_timeout: timedelta):
+    """A TaskFlow task running `python -m tasks <stage>`; upstream results come as a dict."""
+    from airflow.sdk import task
+
+    @task(task_id=stage, execution_timeout=execution_timeout)
+    def run(upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+        from airflow.sdk import get_current_context
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from tasks.errors import BadInput
+        from tasks.runner import run_process
+        from tasks.stage import StageContext
+
+        context = get_current_context()
+        dag_run = context["dag_run"]
+        try:
+            ctx = StageContext(stage=stage, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
+                               config=context_config(context["params"], dag_run.conf),
+                               inputs=upstream or {})
+            return run_process(ctx)
+        except BadInput as exc:
+            # Bad config or data fails the same way on every retry: fail now, say why.
+            raise AirflowFailException(str(exc)) from exc
+
+    return run

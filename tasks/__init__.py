@@ -1,0 +1,1 @@
+"""Stage logic of the AIGC model lifecycle; DAGs only wire these stages together."""

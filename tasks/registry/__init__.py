@@ -1,0 +1,1 @@
+"""Model registry: register challengers, load by alias, move the champion alias."""

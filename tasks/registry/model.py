@@ -1,0 +1,54 @@
+"""The MLflow pyfunc wrapper that makes `models:/<name>@<alias>` load and generate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+
+ARTIFACT_KEY = "hf_model"
+GENERATION_DEFAULTS = {"max_new_tokens": 32, "temperature": 0.8, "top_p": 0.95, "seed": 0}
+
+
+def load_hf(path: str | Path):
+    """Model and tokenizer from a transformers save_pretrained folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
+
+
+def hf_dir_of(model_uri: str) -> Path:
+    """Download a registered model's artifacts and return its transformers folder."""
+    from mlflow.models import Model
+
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    flavor = Model.load(str(local / "MLmodel")).flavors["python_function"]
+    return local / flavor["artifacts"][ARTIFACT_KEY]["path"]
+
+
+class GenerativeModel(mlflow.pyfunc.PythonModel):
+    """Prompts in (a `prompt` column), generated responses out; sampling set by params."""
+
+    def load_context(self, context) -> None:
+        self.model, self.tokenizer = load_hf(context.artifacts[ARTIFACT_KEY])
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
+        from tasks.evaluate.metrics import generate
+
+        p = GENERATION_DEFAULTS | (params or {})
+        prompts = [str(x) for x in model_input["prompt"]]
+        return generate(self.model, self.tokenizer, prompts, int(p["max_new_tokens"]),
+                        int(p["seed"]), float(p["temperature"]), float(p["top_p"]))
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    types = {"max_new_tokens": "long", "temperature": "double", "top_p": "double", "seed": "long"}
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "prompt")]),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec(k, types[k], v) for k, v in GENERATION_DEFAULTS.items()]),
+    )

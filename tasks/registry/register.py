@@ -1,0 +1,70 @@
+"""Register: log the trained model to MLflow, register a version, alias it `challenger`."""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import version
+from typing import Any
+
+from tasks.stage import StageContext
+from tasks.tracking import TAG_DAG_ID, TAG_RUN_ID, stage_run
+
+log = logging.getLogger(__name__)
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+
+
+def _requirements() -> list[str]:
+    # Explicit requirements skip MLflow's slow dependency inference.
+    return [f"{p}=={version(p)}" for p in ("torch", "transformers", "tokenizers", "mlflow",
+                                          "pandas")]
+
+
+def find_version(client, name: str, run_id: str, role: str):
+    """A version this DAG run already registered (a retried task must not add another)."""
+    try:
+        versions = client.search_model_versions(
+            f"name = '{name}' and tags.`{TAG_RUN_ID}` = '{run_id}' and tags.`aigc.role` = '{role}'")
+    except Exception:  # the registered model does not exist yet
+        return None
+    return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def register(ctx: StageContext, model_dir: str, role: str, tags: dict[str, Any]) -> str:
+    """Log model_dir as a pyfunc model version tagged with its lineage; return the version."""
+    import mlflow
+
+    from tasks.registry.model import ARTIFACT_KEY, GenerativeModel, signature
+
+    name = ctx.config.model_name
+    client = mlflow.MlflowClient()
+    existing = find_version(client, name, ctx.run_id, role)
+    if existing is not None:
+        log.info("reusing version %s registered by an earlier attempt", existing.version)
+        return str(existing.version)
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=GenerativeModel(), artifacts={ARTIFACT_KEY: model_dir},
+        signature=signature(), pip_requirements=_requirements(), registered_model_name=name,
+    )
+    mv = info.registered_model_version
+    all_tags = {TAG_DAG_ID: ctx.dag_id, TAG_RUN_ID: ctx.run_id, "aigc.role": role} | tags
+    for key, value in all_tags.items():
+        client.set_model_version_tag(name, str(mv), key, str(value))
+    return str(mv)
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import mlflow
+
+    trained = ctx.input("train")
+    ingest = ctx.input("ingest")
+    metrics = {k: trained[k] for k in ("val_loss", "val_perplexity", "train_loss")}
+    with stage_run(ctx):
+        version_ = register(ctx, trained["model_uri"], "trained",
+                            {"aigc.dataset_hash": ingest["dataset_hash"],
+                             **{f"aigc.metric.{k}": f"{v:.6g}" for k, v in metrics.items()}})
+        name = ctx.config.model_name
+        mlflow.MlflowClient().set_registered_model_alias(name, CHALLENGER, version_)
+    log.info("registered %s version %s as %s", name, version_, CHALLENGER)
+    return {"model_name": name, "version": version_,
+            "model_uri": f"models:/{name}/{version_}", "alias": CHALLENGER}

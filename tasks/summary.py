@@ -1,0 +1,71 @@
+"""Print what one lifecycle run produced, read from its stage results.
+
+Usage: `airflow dags list-runs aigc_lifecycle -o json | python -m tasks.summary`
+(the newest run is summarised; exit 1 unless it succeeded).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tasks.settings import Settings
+from tasks.stage import RESULT_FILE, safe_name
+
+DAG_ID = "aigc_lifecycle"
+
+
+def newest_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    if not runs:
+        raise SystemExit(f"no runs of {DAG_ID} found")
+    return max(runs, key=lambda r: r.get("start_date") or r.get("logical_date") or "")
+
+
+def stage_results(run_dir: Path) -> dict[str, dict[str, Any]]:
+    return {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob(f"*/{RESULT_FILE}")}
+
+
+def render(run: dict[str, Any], results: dict[str, dict[str, Any]], run_dir: Path) -> str:
+    lines = [f"run {run['run_id']}: {run['state']}", f"artifacts: {run_dir}"]
+    if ing := results.get("ingest"):
+        lines.append(f"dataset: {ing['rows']} rows from {ing['source_uri']}, "
+                     f"sha256 {ing['dataset_hash'][:16]}…")
+    if val := results.get("validate"):
+        lines.append(f"validation: {'passed' if val['success'] else 'FAILED'}, "
+                     f"PII masked {val['pii_masked'] or 0}; report {val['report_uri']}")
+    elif (run_dir / "validate" / "validation_report.md").exists():
+        lines.append(f"validation: FAILED; report {run_dir / 'validate' / 'validation_report.md'}")
+    if tr := results.get("train"):
+        lines.append(f"train: {tr['parameters']:,} parameters, {tr['steps']} steps; train loss "
+                     f"{tr['train_loss']:.3f}; held-out loss {tr['val_loss']:.3f}, perplexity "
+                     f"{tr['val_perplexity']:.1f} (untrained {tr['untrained_val_perplexity']:.1f})")
+    if reg := results.get("register"):
+        lines.append(f"registered: {reg['model_name']} version {reg['version']} "
+                     f"(alias {reg['alias']})")
+    if ev := results.get("evaluate"):
+        c = ev["challenger"]
+        lines.append(f"evaluate: test perplexity {c['perplexity']:.1f}, distinct-2 "
+                     f"{c['distinct_2']:.3f}, similarity {c['similarity']:.3f}; champion "
+                     f"{ev['champion_version'] or 'none'}")
+    if pr := results.get("promote"):
+        lines.append(f"promote: {pr['decision']} version {pr['version']}; champion is "
+                     f"{pr['champion_version'] or 'none'}")
+        lines.append(f"  why: {pr['reason']}")
+    missing = [s for s in ("ingest", "validate", "preprocess", "train", "register", "evaluate",
+                           "promote") if s not in results]
+    if missing:
+        lines.append(f"not completed: {', '.join(missing)}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    run = newest_run(json.load(sys.stdin))
+    run_dir = Settings.from_env().artifact_root / DAG_ID / safe_name(run["run_id"])
+    print(render(run, stage_results(run_dir), run_dir))
+    return 0 if run["state"] == "success" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training: model construction, the loop, checkpoints and resume."""

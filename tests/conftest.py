@@ -1,0 +1,55 @@
+"""Shared fixtures: an isolated embedded-default home per test and a tiny run config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.config import LifecycleConfig
+from tasks.localenv import local_env
+
+# Small enough to train in seconds, big enough that learning is measurable.
+TINY: dict = {
+    "max_rows": 400, "vocab_size": 400, "n_layer": 1, "n_embd": 32, "n_head": 2,
+    "block_size": 32, "batch_size": 8, "max_steps": 40, "warmup_steps": 5,
+    "checkpoint_every": 10, "eval_every": 20, "eval_samples": 8, "max_new_tokens": 8,
+    "max_perplexity": 100000.0, "min_distinct_2": 0.0, "min_similarity": -1.0,
+    "max_regression": 1.0,
+}
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point every setting (artifacts, MLflow, Airflow) at a fresh temporary folder."""
+    for key, value in local_env(tmp_path / "var").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AIGC_ALLOWED_ROOTS", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def tiny() -> LifecycleConfig:
+    return LifecycleConfig.from_dict(TINY)
+
+
+def write_dataset(path: Path, rows: list[dict]) -> Path:
+    """Write rows in the format the suffix names (jsonl, csv or parquet)."""
+    frame = pd.DataFrame(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    elif path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.setenv("GX_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

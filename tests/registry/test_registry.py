@@ -1,0 +1,74 @@
+import mlflow
+import pandas as pd
+import pytest
+
+from tasks.registry import promote, register
+from tasks.registry.model import hf_dir_of, load_hf
+from tasks.stage import StageContext
+from tasks.train.loop import build_model
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny):
+    from tasks.data.preprocess import train_tokenizer
+    from transformers import AutoTokenizer
+
+    train_tokenizer(["hello there", "how are you", "你好吗"] * 20, 300, tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    model = build_model(tiny, tok)
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def _register(tiny, model_dir, run_id="run-1"):
+    ctx = StageContext(stage="register", dag_id="aigc_lifecycle", run_id=run_id, config=tiny,
+                       inputs={"train": {"model_uri": str(model_dir), "val_loss": 1.0,
+                                         "val_perplexity": 2.7, "train_loss": 0.9},
+                               "ingest": {"dataset_hash": "abc123"}})
+    return register.run(ctx)
+
+
+def test_registered_challenger_loads_by_alias_and_generates(home, tiny, model_dir):
+    result = _register(tiny, model_dir)
+    assert result["alias"] == "challenger"
+    loaded = mlflow.pyfunc.load_model(f"models:/{tiny.model_name}@challenger")
+    out = loaded.predict(pd.DataFrame({"prompt": ["hello", "你好"]}),
+                         params={"max_new_tokens": 4, "seed": 1})
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    version = mlflow.MlflowClient().get_model_version(tiny.model_name, result["version"])
+    assert version.tags["aigc.dag_run_id"] == "run-1"
+    assert version.tags["aigc.dataset_hash"] == "abc123"
+    assert float(version.tags["aigc.metric.val_perplexity"]) == pytest.approx(2.7)
+    model, tok = load_hf(hf_dir_of(f"models:/{tiny.model_name}@challenger"))
+    assert model.config.n_embd == tiny.n_embd and len(tok) <= 300
+
+
+def test_retried_register_reuses_its_version(home, tiny, model_dir):
+    first = _register(tiny, model_dir)
+    again = _register(tiny, model_dir)
+    other = _register(tiny, model_dir, run_id="run-2")
+    assert first["version"] == again["version"] != other["version"]
+
+
+def _promote(tiny, version, promote_it, champion=None):
+    ctx = StageContext(stage="promote", dag_id="aigc_lifecycle", run_id="run-1", config=tiny,
+                       inputs={"evaluate": {
+                           "model_name": tiny.model_name, "challenger_version": version,
+                           "champion_version": champion,
+                           "decision": {"promote": promote_it, "reasons": ["FAIL x", "ok y"]}}})
+    return promote.run(ctx)
+
+
+def test_promote_moves_champion_only_when_decided(home, tiny, model_dir):
+    v1 = _register(tiny, model_dir)["version"]
+    v2 = _register(tiny, model_dir, run_id="run-2")["version"]
+    client = mlflow.MlflowClient()
+    assert _promote(tiny, v1, True)["champion_version"] == v1
+    assert str(client.get_model_version_by_alias(tiny.model_name, "champion").version) == v1
+    rejected = _promote(tiny, v2, False, champion=v1)
+    assert rejected["decision"] == "rejected" and rejected["champion_version"] == v1
+    assert str(client.get_model_version_by_alias(tiny.model_name, "champion").version) == v1
+    tags = client.get_model_version(tiny.model_name, v2).tags
+    assert tags["aigc.decision"] == "rejected"
+    assert "FAIL x" in tags["aigc.decision_reason"]

@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from tasks.config import ConfigError, LifecycleConfig, params_schema
+
+
+def test_defaults_are_valid_and_round_trip():
+    cfg = LifecycleConfig()
+    assert LifecycleConfig.from_dict(cfg.to_dict()) == cfg
+    assert LifecycleConfig.load(json.dumps({"max_steps": 5})).max_steps == 5
+
+
+@pytest.mark.parametrize(
+    ("conf", "field"),
+    [
+        ({"max_steps": 0}, "max_steps"),
+        ({"max_steps": "ten"}, "max_steps"),
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"languages": ["klingon"]}, "languages"),
+        ({"languages": []}, "languages"),
+        ({"model_name": "bad name!"}, "model_name"),
+        ({"n_embd": 30, "n_head": 4}, "n_embd"),
+        ({"min_chars": 100, "max_chars": 50}, "min_chars"),
+        ({"max_stepz": 3}, "max_stepz"),
+    ],
+)
+def test_bad_values_name_the_field(conf, field):
+    with pytest.raises(ConfigError, match=rf"^{field}:"):
+        LifecycleConfig.from_dict(conf)
+
+
+def test_params_schema_covers_every_field_with_help_and_type():
+    schema = params_schema()
+    assert set(schema) == set(LifecycleConfig().to_dict())
+    for name, spec in schema.items():
+        assert spec["description"], name
+        assert spec["type"] in {"integer", "number", "string", "array"}, name
+    assert schema["max_steps"]["minimum"] == 1
+    assert schema["languages"]["items"]["enum"] == ["english", "chinese"]
