@@ -17,6 +17,14 @@ from tasks.stage import RESULT_FILE, safe_name
 DAG_ID = "aigc_lifecycle"
 
 
+def parse_runs(cli_output: str) -> list[dict[str, Any]]:
+    """The JSON list in `airflow dags list-runs -o json` output, past any warnings it prints."""
+    for line in reversed(cli_output.splitlines()):
+        if line.startswith("[{") or line.strip() == "[]":
+            return json.loads(line)
+    raise SystemExit(f"no run listing in the output:\n{cli_output[-2000:]}")
+
+
 def newest_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if not runs:
         raise SystemExit(f"no runs of {DAG_ID} found")
@@ -61,7 +69,7 @@ def render(run: dict[str, Any], results: dict[str, dict[str, Any]], run_dir: Pat
 
 
 def main() -> int:
-    run = newest_run(json.load(sys.stdin))
+    run = newest_run(parse_runs(sys.stdin.read()))
     run_dir = Settings.from_env().artifact_root / DAG_ID / safe_name(run["run_id"])
     print(render(run, stage_results(run_dir), run_dir))
     return 0 if run["state"] == "success" else 1

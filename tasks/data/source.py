@@ -45,7 +45,8 @@ def load_demo(languages: list[str] | tuple[str, ...]) -> pd.DataFrame:
             doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             for turns in doc.get("conversations", []):
                 texts = [str(t).strip() for t in turns if t is not None]
-                rows += [(a, b, language) for a, b in zip(texts, texts[1:], strict=False) if a and b]
+                pairs = zip(texts, texts[1:], strict=False)
+                rows += [(a, b, language) for a, b in pairs if a and b]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame.drop_duplicates(subset=["prompt", "response"], ignore_index=True)
 
@@ -88,7 +89,8 @@ def resolve_uri(uri: str, allowed_roots: tuple[str, ...]) -> str:
                       "(use demo://chatterbot, a local path, file:// or s3://)")
 
 
-def read_source(uri: str, languages: tuple[str, ...], allowed_roots: tuple[str, ...]) -> pd.DataFrame:
+def read_source(uri: str, languages: tuple[str, ...],
+                allowed_roots: tuple[str, ...]) -> pd.DataFrame:
     """Load the source as prompt/response/language, keeping bad rows for validation to judge."""
     if uri == DEMO_URI:
         return load_demo(languages)

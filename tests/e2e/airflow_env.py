@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from tasks.localenv import local_env
+from tasks.summary import parse_runs
 
 BIN = Path(sys.executable).parent
 
@@ -35,5 +36,4 @@ def dag_test(env: dict[str, str], conf: dict) -> subprocess.CompletedProcess[str
 
 
 def runs(env: dict[str, str]) -> list[dict]:
-    out = airflow(env, "dags", "list-runs", "aigc_lifecycle", "-o", "json").stdout
-    return json.loads(out[out.index("["):])
+    return parse_runs(airflow(env, "dags", "list-runs", "aigc_lifecycle", "-o", "json").stdout)

@@ -51,7 +51,8 @@ def server(tmp_path_factory):
 
     def healthy() -> bool:
         if proc.poll() is not None:
-            raise RuntimeError(f"standalone exited: {(home / 'standalone.log').read_text()[-3000:]}")
+            tail = (home / "standalone.log").read_text()[-3000:]
+            raise RuntimeError(f"standalone exited: {tail}")
         try:
             return requests.get(f"{base}/api/v2/monitor/health", timeout=5).ok
         except requests.ConnectionError:

@@ -10,8 +10,9 @@ from tasks.train.loop import build_model
 
 @pytest.fixture
 def model_dir(tmp_path, tiny):
-    from tasks.data.preprocess import train_tokenizer
     from transformers import AutoTokenizer
+
+    from tasks.data.preprocess import train_tokenizer
 
     train_tokenizer(["hello there", "how are you", "你好吗"] * 20, 300, tmp_path / "tok")
     tok = AutoTokenizer.from_pretrained(tmp_path / "tok")

@@ -16,8 +16,8 @@ def corpus(tmp_path_factory):
     frame = load_demo(["english", "chinese"]).sample(n=400, random_state=0)
     splits = split_frame(frame, 1, 0.1, 0.1)
     out = tmp_path_factory.mktemp("tok")
-    train_tokenizer([format_example(p, r) for p, r in splits["train"][["prompt", "response"]].values],
-                    400, out / "tok")
+    texts = [format_example(p, r) for p, r in splits["train"][["prompt", "response"]].values]
+    train_tokenizer(texts, 400, out / "tok")
     return splits, AutoTokenizer.from_pretrained(out / "tok")
 
 
