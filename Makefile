@@ -12,13 +12,15 @@ MLFLOW_PORT ?= 5000
 
 .PHONY: run test install lint up down clean
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt pyproject.toml scripts/build_horovod.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: the pinned CPU wheel; anything unpinned would pull a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
+	# Horovod 0.28.1 needs a patched source build; the wheel is cached in .cache/wheels.
+	scripts/build_horovod.sh $(PY)
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt

@@ -19,7 +19,7 @@ STAGES: dict[str, str] = {
     "ingest": "tasks.data.ingest:run",
     "validate": "tasks.data.validate:run",
     "preprocess": "tasks.data.preprocess:run",
-    "train": "tasks.train.loop:run",
+    "train": "tasks.train.launch:run",
     "register": "tasks.registry.register:run",
     "evaluate": "tasks.evaluate.offline:run",
     "promote": "tasks.registry.promote:run",

@@ -51,6 +51,8 @@ class LifecycleConfig:
     n_layer: int = _f(4, "Transformer layers.", minimum=1, maximum=48)
     n_embd: int = _f(128, "Hidden width; a multiple of n_head.", minimum=16, maximum=4096)
     n_head: int = _f(4, "Attention heads.", minimum=1, maximum=64)
+    dropout: float = _f(0.1, "Dropout on embeddings, attention and residuals.", minimum=0,
+                        maximum=0.9)
     block_size: int = _f(64, "Tokens per training sequence (and model context).", minimum=16,
                          maximum=2048)
     batch_size: int = _f(16, "Sequences per optimizer step.", minimum=1, maximum=1024)
@@ -60,6 +62,13 @@ class LifecycleConfig:
     weight_decay: float = _f(0.01, "AdamW weight decay.", minimum=0, maximum=1.0)
     checkpoint_every: int = _f(100, "Write a resumable checkpoint every N steps.", minimum=1)
     eval_every: int = _f(100, "Measure validation loss every N steps.", minimum=1)
+    launcher: str = _f(
+        "horovod", "How training runs: horovod (horovodrun, gloo), ddp (torchrun) or single.",
+        enum=["horovod", "ddp", "single"])
+    workers: int = _f(2, "Training processes per node (ignored by launcher=single).",
+                      minimum=1, maximum=64)
+    precision: str = _f("fp32", "fp32; bf16 autocast (CPU or GPU); fp16 with GradScaler "
+                        "(CUDA only).", enum=["fp32", "bf16", "fp16"])
     seed: int = _f(1234, "Seed for splits, initialisation, batching and sampling.", minimum=0)
     model_name: str = _f("aigc-gpt2", "Registered model name in MLflow.",
                          pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -91,6 +100,14 @@ class LifecycleConfig:
             raise ConfigError("val_fraction + test_fraction: must leave most data for training")
         if self.min_chars > self.max_chars:
             raise ConfigError("min_chars: larger than max_chars")
+        if self.batch_size % self.world_size:
+            raise ConfigError(f"batch_size: {self.batch_size} is not divisible by "
+                              f"workers={self.world_size}")
+
+    @property
+    def world_size(self) -> int:
+        """Training processes in total: the global batch is split evenly across them."""
+        return 1 if self.launcher == "single" else self.workers
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LifecycleConfig:
@@ -156,6 +173,8 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
         if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
             raise ConfigError(f"{f.name}: {value} must be above {schema['exclusiveMinimum']}")
     if kind == "string":
+        if "enum" in schema and value not in schema["enum"]:
+            raise ConfigError(f"{f.name}: {value!r} is not one of {schema['enum']}")
         if len(value) < schema.get("minLength", 0):
             raise ConfigError(f"{f.name}: must not be empty")
         if "pattern" in schema and not re.fullmatch(schema["pattern"], value):

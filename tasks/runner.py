@@ -1,4 +1,4 @@
-"""Run a stage as a child process with the same argv a Kubernetes pod would get."""
+"""Run a stage (or a launcher) as a child process with the argv a Kubernetes pod would get."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from tasks.errors import EXIT_BAD_INPUT, BadInput
@@ -18,7 +19,7 @@ TAIL_LINES = 40
 
 
 class StageFailed(RuntimeError):
-    """The stage process exited non-zero; the message carries its exit code and last lines."""
+    """A stage process exited non-zero; the message carries its exit code and last lines."""
 
 
 class StageRejectedInput(StageFailed, BadInput):
@@ -30,26 +31,44 @@ def stage_argv(stage: str, payload_path: str) -> list[str]:
     return ["python", "-m", "tasks", stage, "--config", payload_path]
 
 
-def run_process(ctx: StageContext) -> dict[str, Any]:
-    """Write the payload, run the stage process, stream its output, return its result."""
-    payload_path = write_json(ctx.stage_dir / "payload.json", ctx.to_payload())
-    result_path = ctx.stage_dir / RESULT_FILE
-    # A result left by an earlier attempt must never be mistaken for this attempt's.
-    result_path.unlink(missing_ok=True)
-    argv = stage_argv(ctx.stage, str(payload_path))
-    argv[0] = sys.executable  # the same interpreter (venv) as the worker
+def localize(argv: list[str]) -> list[str]:
+    """Map the container's tool names onto this interpreter's environment (the venv)."""
+    bindir = Path(sys.executable).parent
+    out = []
+    for arg in argv:
+        if arg == "python":
+            out.append(sys.executable)
+        elif arg in ("horovodrun", "torchrun") and (bindir / arg).exists():
+            out.append(str(bindir / arg))
+        else:
+            out.append(arg)
+    return out
+
+
+def run_command(argv: list[str], *, label: str, env: dict[str, str] | None = None) -> None:
+    """Run argv, streaming its output into our log; raise StageFailed with its tail on error."""
     log.info("running %s", " ".join(argv))
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    full_env = os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {})
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=env, bufsize=1) as proc:
+                          env=full_env, bufsize=1) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip("\n")
             tail.append(line)
-            log.info("[%s] %s", ctx.stage, line)
+            log.info("[%s] %s", label, line)
     if proc.returncode != 0:
         error = StageRejectedInput if proc.returncode == EXIT_BAD_INPUT else StageFailed
-        raise error(f"stage {ctx.stage!r} exited with code {proc.returncode}; "
-                          "last lines:\n" + "\n".join(tail))
+        raise error(f"{label} exited with code {proc.returncode}; last lines:\n"
+                    + "\n".join(tail))
+
+
+def run_process(ctx: StageContext) -> dict[str, Any]:
+    """Write the payload, run the stage process, return the result it wrote."""
+    payload_path = write_json(ctx.stage_dir / "payload.json", ctx.to_payload())
+    result_path = ctx.stage_dir / RESULT_FILE
+    # A result left by an earlier attempt must never be mistaken for this attempt's.
+    result_path.unlink(missing_ok=True)
+    run_command(localize(stage_argv(ctx.stage, str(payload_path))), label=f"stage {ctx.stage}",
+                env=ctx.settings.to_env())
     return json.loads(result_path.read_text())

@@ -44,3 +44,13 @@ class Settings:
             ),
             experiment=os.environ.get("AIGC_EXPERIMENT", "aigc_lifecycle"),
         )
+
+    def to_env(self) -> dict[str, str]:
+        """The environment from which a child process or pod rebuilds these settings."""
+        return {
+            "AIGC_ARTIFACT_ROOT": str(self.artifact_root),
+            "AIGC_ALLOWED_ROOTS": ",".join(self.allowed_roots),
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "AIGC_MLFLOW_ARTIFACT_ROOT": self.mlflow_artifact_root,
+            "AIGC_EXPERIMENT": self.experiment,
+        }

@@ -24,6 +24,11 @@ def token_blocks(frame: pd.DataFrame, tokenizer, block_size: int) -> torch.Tenso
     return torch.tensor(ids[: n * block_size], dtype=torch.long).view(n, block_size)
 
 
+def shard(indices: torch.Tensor, rank: int, size: int) -> torch.Tensor:
+    """This rank's share of a global batch: disjoint across ranks, together the whole batch."""
+    return indices[rank::size]
+
+
 def batch_indices(step: int, n_blocks: int, batch_size: int, seed: int) -> torch.Tensor:
     """Block indices of one step, a pure function of the step.
 

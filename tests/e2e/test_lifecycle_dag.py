@@ -37,7 +37,8 @@ def _summary(env) -> subprocess.CompletedProcess[str]:
 
 
 def test_two_runs_second_compares_against_first_champion(env):
-    first = dag_test(env, TINY)
+    """Run 1 trains with Horovod, run 2 with DDP (2 local workers each)."""
+    first = dag_test(env, TINY | {"launcher": "horovod", "workers": 2})
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     summary = _summary(env)
     assert summary.returncode == 0, summary.stdout
@@ -45,7 +46,7 @@ def test_two_runs_second_compares_against_first_champion(env):
     client = _client(env)
     assert str(client.get_model_version_by_alias("aigc-gpt2", "champion").version) == "1"
 
-    second = dag_test(env, TINY | {"seed": 99})
+    second = dag_test(env, TINY | {"seed": 99, "launcher": "ddp", "workers": 2})
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     summary = _summary(env)
     assert "champion 1" in summary.stdout  # evaluate compared against the first champion
@@ -55,7 +56,8 @@ def test_two_runs_second_compares_against_first_champion(env):
 
     # Lineage is one query: the parent run of each DAG run holds one nested run per stage.
     exp = client.get_experiment_by_name("aigc_lifecycle")
-    for dag_run in runs(env):
+    launchers = []
+    for dag_run in sorted(runs(env), key=lambda r: r["start_date"]):
         parent = client.search_runs([exp.experiment_id], filter_string=(
             f"tags.`aigc.dag_run_id` = '{dag_run['run_id']}' and tags.`aigc.stage` = 'parent'"))
         assert len(parent) == 1
@@ -63,6 +65,9 @@ def test_two_runs_second_compares_against_first_champion(env):
         children = client.search_runs([exp.experiment_id], filter_string=(
             f"tags.`mlflow.parentRunId` = '{parent[0].info.run_id}'"))
         assert sorted(c.data.tags["aigc.stage"] for c in children) == sorted(STAGES)
+        train = next(c for c in children if c.data.tags["aigc.stage"] == "train")
+        launchers.append((train.data.params["launcher"], train.data.params["workers"]))
+    assert launchers == [("horovod", "2"), ("ddp", "2")]
 
 
 def test_validation_gate_fails_the_run_and_registers_nothing(env):

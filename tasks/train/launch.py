@@ -1,0 +1,68 @@
+"""Train stage: launch the workers (horovodrun, torchrun or in-process) and check their end."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any
+
+from tasks.config import LifecycleConfig
+from tasks.runner import StageFailed, localize, run_command
+from tasks.stage import StageContext, write_json
+from tasks.train.dist import Backend
+from tasks.train.worker import rank_file, run_worker
+
+log = logging.getLogger(__name__)
+WORKER = ["-m", "tasks.train.worker", "--config"]
+
+
+def launcher_argv(cfg: LifecycleConfig, payload_path: str, hosts: str | None = None
+                  ) -> list[str]:
+    """The command that starts every worker of one node (or, with hosts, of an MPIJob)."""
+    n = cfg.world_size
+    if cfg.launcher == "horovod":
+        return ["horovodrun", "-np", str(n), "-H", hosts or f"localhost:{n}", "--gloo",
+                "python", *WORKER, payload_path]
+    if cfg.launcher == "ddp":
+        return ["torchrun", "--standalone", f"--nproc_per_node={n}", *WORKER, payload_path]
+    return ["python", *WORKER, payload_path]
+
+
+def thread_env(workers: int) -> dict[str, str]:
+    """Split the cores between workers: oversubscribed BLAS threads slow every rank down."""
+    per_worker = max(1, (os.cpu_count() or 1) // workers)
+    return {"OMP_NUM_THREADS": str(per_worker), "MKL_NUM_THREADS": str(per_worker)}
+
+
+def collect(ctx: StageContext) -> dict[str, Any]:
+    """Rank 0's result, after checking every rank finished with identical weights."""
+    n = ctx.config.world_size
+    results = []
+    for rank in range(n):
+        path = rank_file(ctx.stage_dir, rank)
+        if not path.exists():
+            raise StageFailed(f"train: rank {rank} of {n} wrote no result")
+        results.append(json.loads(path.read_text()))
+    checksums = {r["checksum"] for r in results}
+    if len(checksums) != 1:
+        raise StageFailed(f"train: ranks ended with different weights: {checksums}")
+    return results[0]
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    cfg = ctx.config
+    # Rank results of an earlier attempt must not pass for this attempt's.
+    shutil.rmtree(ctx.stage_dir / "ranks", ignore_errors=True)
+    if cfg.launcher == "single":
+        run_worker(ctx, Backend())
+    else:
+        payload = write_json(ctx.stage_dir / "payload.json", ctx.to_payload())
+        run_command(localize(launcher_argv(cfg, str(payload))), label=f"{cfg.launcher} workers",
+                    env=thread_env(cfg.world_size) | ctx.settings.to_env())
+    result = collect(ctx)
+    log.info("trained %d parameters on %d %s worker(s): val perplexity %.1f (untrained %.1f)",
+             result["parameters"], result["workers"], result["launcher"],
+             result["val_perplexity"], result["untrained_val_perplexity"])
+    return result
