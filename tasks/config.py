@@ -69,6 +69,11 @@ class LifecycleConfig:
                       minimum=1, maximum=64)
     precision: str = _f("fp32", "fp32; bf16 autocast (CPU or GPU); fp16 with GradScaler "
                         "(CUDA only).", enum=["fp32", "bf16", "fp16"])
+    compute_target: str = _f(
+        "local", "Where heavy stages run: local (a process of the Airflow worker) or "
+        "kubernetes (a pod; an MPIJob when nodes > 1).", enum=["local", "kubernetes"])
+    nodes: int = _f(1, "Training nodes; more than one needs compute_target=kubernetes and "
+                    "launcher=horovod (a Kubeflow MPIJob).", minimum=1, maximum=256)
     seed: int = _f(1234, "Seed for splits, initialisation, batching and sampling.", minimum=0)
     model_name: str = _f("aigc-gpt2", "Registered model name in MLflow.",
                          pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -100,6 +105,9 @@ class LifecycleConfig:
             raise ConfigError("val_fraction + test_fraction: must leave most data for training")
         if self.min_chars > self.max_chars:
             raise ConfigError("min_chars: larger than max_chars")
+        if self.nodes > 1 and (self.compute_target != "kubernetes" or self.launcher != "horovod"):
+            raise ConfigError("nodes: more than one node needs compute_target=kubernetes and "
+                              "launcher=horovod")
         if self.batch_size % self.world_size:
             raise ConfigError(f"batch_size: {self.batch_size} is not divisible by "
                               f"workers={self.world_size}")
@@ -107,7 +115,7 @@ class LifecycleConfig:
     @property
     def world_size(self) -> int:
         """Training processes in total: the global batch is split evenly across them."""
-        return 1 if self.launcher == "single" else self.workers
+        return 1 if self.launcher == "single" else self.workers * self.nodes
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LifecycleConfig:

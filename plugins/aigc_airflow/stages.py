@@ -7,6 +7,9 @@ from typing import Any
 
 from tasks.config import params_schema
 
+# Stages that move to a pod with compute_target=kubernetes; the rest stay light processes.
+POD_STAGES = frozenset({"train"})
+
 
 def config_params() -> dict[str, Any]:
     """Airflow Params generated from LifecycleConfig: the UI form and REST conf validation."""
@@ -45,6 +48,10 @@ def stage_task(stage: str, *, execution_timeout: timedelta):
             ctx = StageContext(stage=stage, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
                                config=context_config(context["params"], dag_run.conf),
                                inputs=upstream or {})
+            if ctx.config.compute_target == "kubernetes" and stage in POD_STAGES:
+                from aigc_airflow.kube import run_remote
+
+                return run_remote(ctx, context)
             return run_process(ctx)
         except BadInput as exc:
             # Bad config or data fails the same way on every retry: fail now, say why.

@@ -18,13 +18,14 @@ log = logging.getLogger(__name__)
 WORKER = ["-m", "tasks.train.worker", "--config"]
 
 
-def launcher_argv(cfg: LifecycleConfig, payload_path: str, hosts: str | None = None
+def launcher_argv(cfg: LifecycleConfig, payload_path: str, hostfile: str | None = None
                   ) -> list[str]:
-    """The command that starts every worker of one node (or, with hosts, of an MPIJob)."""
+    """The command that starts every worker of one node, or with a hostfile (an MPIJob's
+    launcher) of every node, where horovodrun picks MPI when the image has it."""
     n = cfg.world_size
     if cfg.launcher == "horovod":
-        return ["horovodrun", "-np", str(n), "-H", hosts or f"localhost:{n}", "--gloo",
-                "python", *WORKER, payload_path]
+        hosts = ["--hostfile", hostfile] if hostfile else ["-H", f"localhost:{n}", "--gloo"]
+        return ["horovodrun", "-np", str(n), *hosts, "python", *WORKER, payload_path]
     if cfg.launcher == "ddp":
         return ["torchrun", "--standalone", f"--nproc_per_node={n}", *WORKER, payload_path]
     return ["python", *WORKER, payload_path]

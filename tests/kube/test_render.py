@@ -1,0 +1,206 @@
+"""Kubernetes tier 0: render every pod and MPIJob offline, validate it, run its command here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+from kubernetes.client import ApiClient
+
+from aigc_airflow.kube import pod_operator, run_mpijob
+from tasks.config import LifecycleConfig
+from tasks.kube import KubernetesSettings, MPIJobFailed, job_name, mpijob_manifest
+from tasks.runner import localize, stage_argv
+from tasks.stage import RESULT_FILE, StageContext, write_json
+from tests.conftest import TINY
+from tests.train.test_distributed import _settings, prepared  # noqa: F401 - fixture
+
+K8S_VERSION = "1.33.0"
+SCHEMA = json.loads(Path(__file__).with_name("mpijob_v2beta1.schema.json").read_text())
+SETTINGS = {
+    "cpu-only": KubernetesSettings(),
+    "one-gpu": KubernetesSettings(
+        gpus_per_worker=1, node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
+    "eight-gpu": KubernetesSettings(gpus_per_worker=8, cpu="32", memory="256Gi",
+                                    on_finish_action="keep_pod",
+                                    node_selector={"pool": "a100"}),
+}
+RUN_ID = "scheduled__2026-11-23T00:00:00+00:00-with-a-very-long-suffix-that-exceeds-label-limits"
+
+
+def _ctx(tmp_path, **overrides) -> StageContext:
+    cfg = LifecycleConfig.from_dict(TINY | {"compute_target": "kubernetes"} | overrides)
+    return StageContext(stage="train", dag_id="aigc_lifecycle", run_id=RUN_ID, config=cfg,
+                        settings=_settings(tmp_path))
+
+
+def _validate_core(obj: dict) -> None:
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def _render_pod(ctx, settings) -> dict:
+    pod = pod_operator(ctx, settings).build_pod_request_obj(dry_run=True)
+    return ApiClient().sanitize_for_serialization(pod)
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+@pytest.mark.parametrize("launcher", ["horovod", "ddp", "single"])
+def test_pod_renders_and_validates_strictly(tmp_path, name, launcher):
+    settings = SETTINGS[name]
+    ctx = _ctx(tmp_path, launcher=launcher)
+    obj = _render_pod(ctx, settings)
+    _validate_core(obj)
+    container = obj["spec"]["containers"][0]
+    assert container["command"] == stage_argv("train", str(ctx.stage_dir / "payload.json"))
+    resources = container["resources"]
+    assert resources["requests"] == resources["limits"]
+    assert resources["limits"].get("nvidia.com/gpu") == (
+        str(settings.gpus_per_worker) if settings.gpus_per_worker else None)
+    assert (obj["spec"].get("nodeSelector") or {}) == settings.node_selector
+    labels = obj["metadata"]["labels"]
+    assert labels["aigc/stage"] == "train" and len(labels["aigc/run-id"]) <= 63
+    mount = container["volumeMounts"][0]
+    assert mount["mountPath"] == str(ctx.settings.artifact_root)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["AIGC_ARTIFACT_ROOT"] == str(ctx.settings.artifact_root)
+
+
+def test_pod_operator_is_retry_safe_and_keeps_failures(tmp_path):
+    op = pod_operator(_ctx(tmp_path), SETTINGS["one-gpu"])
+    assert op.reattach_on_restart is True
+    assert op.on_finish_action.value == "delete_succeeded_pod"
+    assert op.startup_timeout_seconds == 600 and op.schedule_timeout_seconds == 1800
+    assert job_name(_ctx(tmp_path)) == job_name(_ctx(tmp_path))
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+@pytest.mark.parametrize("nodes", [2, 4])
+def test_mpijob_renders_and_validates(tmp_path, name, nodes):
+    settings = SETTINGS[name]
+    ctx = _ctx(tmp_path, nodes=nodes, workers=2)
+    job = mpijob_manifest(ctx, settings)
+    jsonschema.validate(job, SCHEMA)
+    specs = job["spec"]["mpiReplicaSpecs"]
+    assert specs["Worker"]["replicas"] == nodes and specs["Launcher"]["replicas"] == 1
+    assert job["spec"]["slotsPerWorker"] == 2
+    launcher_cmd = specs["Launcher"]["template"]["spec"]["containers"][0]["command"]
+    assert launcher_cmd[:5] == ["horovodrun", "-np", str(2 * nodes), "--hostfile",
+                                "/etc/mpi/hostfile"]
+    for role, spec in specs.items():
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": f"{job['metadata']['name']}-{role.lower()}",
+                            **spec["template"]["metadata"]},
+               "spec": spec["template"]["spec"]}
+        _validate_core(pod)
+    gpus = specs["Worker"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert gpus.get("nvidia.com/gpu") == (str(settings.gpus_per_worker)
+                                          if settings.gpus_per_worker else None)
+
+
+def test_multi_node_needs_horovod_on_kubernetes():
+    with pytest.raises(ValueError, match="^nodes:"):
+        LifecycleConfig.from_dict(TINY | {"nodes": 2, "launcher": "ddp",
+                                          "compute_target": "kubernetes"})
+    with pytest.raises(ValueError, match="^nodes:"):
+        LifecycleConfig.from_dict(TINY | {"nodes": 2})
+
+
+def test_settings_file_with_unknown_key_is_named(tmp_path, monkeypatch):
+    path = tmp_path / "k8s.json"
+    path.write_text(json.dumps({"namespace": "ml", "gpu": 1}))
+    monkeypatch.setenv("AIGC_KUBERNETES_CONFIG", str(path))
+    with pytest.raises(ValueError, match="^gpu: unknown Kubernetes setting"):
+        KubernetesSettings.from_env()
+
+
+def _prepared_ctx(prepared, **overrides) -> StageContext:  # noqa: F811
+    root, prep = prepared
+    cfg = LifecycleConfig.from_dict(TINY | {"compute_target": "kubernetes", "max_steps": 30}
+                                    | overrides)
+    return StageContext(stage="train", dag_id="aigc_lifecycle", run_id="k8s-local",
+                        config=cfg, inputs={"preprocess": prep}, settings=_settings(root))
+
+
+def test_local_runner_executes_the_rendered_pod_command(prepared):  # noqa: F811
+    ctx = _prepared_ctx(prepared, launcher="horovod", workers=2)
+    container = _render_pod(ctx, SETTINGS["cpu-only"])["spec"]["containers"][0]
+    write_json(ctx.stage_dir / "payload.json", ctx.to_payload())
+    env = os.environ | {e["name"]: e["value"] for e in container["env"]}
+    subprocess.run(localize(container["command"]), env=env, check=True, timeout=600,
+                   capture_output=True)
+    result = json.loads((ctx.stage_dir / RESULT_FILE).read_text())
+    assert result["launcher"] == "horovod" and result["workers"] == 2
+    assert result["val_perplexity"] < result["untrained_val_perplexity"]
+
+
+def test_local_runner_executes_the_rendered_mpijob_launcher(prepared, tmp_path):  # noqa: F811
+    """The launcher's horovodrun over a two-'node' hostfile (both slots on this machine)."""
+    ctx = _prepared_ctx(prepared, launcher="horovod", workers=1, nodes=2)
+    job = mpijob_manifest(ctx, SETTINGS["cpu-only"])
+    container = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    command = [str(hostfile) if a == "/etc/mpi/hostfile" else a for a in container["command"]]
+    write_json(ctx.stage_dir / "payload.json", ctx.to_payload())
+    env = os.environ | {e["name"]: e["value"] for e in container["env"]}
+    subprocess.run(localize(command), env=env, check=True, timeout=600, capture_output=True)
+    ranks = sorted(p.name for p in (ctx.stage_dir / "ranks").iterdir())
+    assert ranks == ["rank-0.json", "rank-1.json"]
+
+
+class FakeCustomObjects:
+    """A stand-in for the cluster's CustomObjectsApi: the one thing that cannot run here."""
+
+    def __init__(self, statuses: list[dict], exists: bool = False, on_done=None):
+        self.statuses, self.exists, self.on_done = statuses, exists, on_done
+        self.created: list[dict] = []
+
+    def create_namespaced_custom_object(self, *, namespace, body, **kind):
+        if self.exists:
+            error = RuntimeError("AlreadyExists")
+            error.status = 409
+            raise error
+        self.created.append(body)
+
+    def get_namespaced_custom_object(self, *, namespace, name, **kind):
+        status = self.statuses.pop(0)
+        if not self.statuses and self.on_done:
+            self.on_done()
+        return {"metadata": {"name": name}, "status": status}
+
+
+def _succeeded_cond():
+    return {"conditions": [{"type": "Running", "status": "False"},
+                           {"type": "Succeeded", "status": "True", "reason": "MPIJobSucceeded"}]}
+
+
+def test_mpijob_submit_waits_for_success_and_reads_the_result(tmp_path):
+    ctx = _ctx(tmp_path, nodes=2)
+    settings = KubernetesSettings(mpijob_poll_seconds=0)
+    api = FakeCustomObjects(
+        [{}, {"conditions": [{"type": "Running", "status": "True"}]}, _succeeded_cond()],
+        on_done=lambda: write_json(ctx.stage_dir / RESULT_FILE, {"val_loss": 1.0}))
+    assert run_mpijob(ctx, settings, api) == {"val_loss": 1.0}
+    assert len(api.created) == 1 and api.created[0]["metadata"]["name"] == job_name(ctx)
+
+
+def test_mpijob_retry_reattaches_instead_of_duplicating(tmp_path):
+    ctx = _ctx(tmp_path, nodes=2)
+    api = FakeCustomObjects([_succeeded_cond()], exists=True,
+                            on_done=lambda: write_json(ctx.stage_dir / RESULT_FILE, {"ok": 1}))
+    assert run_mpijob(ctx, KubernetesSettings(mpijob_poll_seconds=0), api) == {"ok": 1}
+    assert api.created == []
+
+
+def test_mpijob_failure_maps_to_a_failed_task_with_the_reason(tmp_path):
+    ctx = _ctx(tmp_path, nodes=2)
+    failed = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                              "message": "worker-1 OOMKilled"}]}
+    with pytest.raises(MPIJobFailed, match="BackoffLimitExceeded: worker-1 OOMKilled"):
+        run_mpijob(ctx, KubernetesSettings(mpijob_poll_seconds=0), FakeCustomObjects([failed]))
