@@ -10,9 +10,9 @@ from pathlib import Path
 import jsonschema
 import kubernetes_validate
 import pytest
+from aigc_airflow.kube import pod_operator, run_mpijob
 from kubernetes.client import ApiClient
 
-from aigc_airflow.kube import pod_operator, run_mpijob
 from tasks.config import LifecycleConfig
 from tasks.kube import KubernetesSettings, MPIJobFailed, job_name, mpijob_manifest
 from tasks.runner import localize, stage_argv
