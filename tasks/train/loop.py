@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,7 @@ def train(cfg: LifecycleConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, to
     model.train()
     loss_value = meta.get("train_loss", float("nan"))
     bar = _progress(cfg.max_steps, start, backend.is_root)
+    started = time.perf_counter()
     for step in range(start, cfg.max_steps):
         torch.manual_seed(step_seed(cfg.seed, step, backend.rank))
         idx = batch_indices(step, len(train_blocks), cfg.batch_size, cfg.seed)
@@ -216,7 +218,12 @@ def train(cfg: LifecycleConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, to
                             {"untrained_val_loss": meta["untrained_val_loss"],
                              "train_loss": loss_value})
     bar.close()
-    result = {"rank": backend.rank, "checksum": weights_checksum(model)}
+    seconds = time.perf_counter() - started
+    result = {"rank": backend.rank, "checksum": weights_checksum(model),
+              "train_seconds": seconds,
+              # Global tokens through the optimizer per second of loop time (eval included).
+              "tokens_per_second": (cfg.max_steps - start) * cfg.batch_size * cfg.block_size
+              / max(seconds, 1e-9)}
     if backend.is_root:
         result |= _finish(cfg, model, tokenizer, out, val_blocks, train_blocks, meta,
                           loss_value, start, backend)
