@@ -19,8 +19,9 @@ if [ -z "$wheel" ]; then
   sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' \
     "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
   if command -v mpicxx > /dev/null; then export HOROVOD_WITH_MPI=1; else export HOROVOD_WITHOUT_MPI=1; fi
-  # On a CUDA image, allreduce/broadcast run on the GPUs through NCCL.
-  if command -v nvcc > /dev/null; then export HOROVOD_GPU_OPERATIONS=NCCL; fi
+  # GPU collectives through NCCL only when asked (a CUDA image with NCCL): a CUDA compiler
+  # alone, without NCCL, would fail the build.
+  if [ "${HOROVOD_NCCL:-0}" = 1 ]; then export HOROVOD_GPU_OPERATIONS=NCCL; fi
   echo "building horovod $version (gloo${HOROVOD_WITH_MPI:+ + MPI}${HOROVOD_GPU_OPERATIONS:+ + NCCL});" \
     "this takes a few minutes"
   HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
