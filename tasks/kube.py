@@ -112,8 +112,10 @@ def _volume(settings: KubernetesSettings, ctx: StageContext) -> tuple[dict, dict
     return volume, mount
 
 
-def _pod_spec(settings: KubernetesSettings, ctx: StageContext, name: str, command: list[str],
-              env: dict[str, str]) -> dict[str, Any]:
+def pod_spec(settings: KubernetesSettings, ctx: StageContext, name: str, command: list[str],
+             env: dict[str, str]) -> dict[str, Any]:
+    """One container with the artifact volume, resources and placement from settings: the
+    stage pod and both MPIJob replica templates are built from it."""
     volume, mount = _volume(settings, ctx)
     spec: dict[str, Any] = {
         "serviceAccountName": settings.service_account,
@@ -144,11 +146,11 @@ def mpijob_manifest(ctx: StageContext, settings: KubernetesSettings) -> dict[str
     # world_size = workers per node x nodes: one horovodrun process per slot.
     command = launcher_argv(cfg, payload_path(ctx), hostfile=MPI_HOSTFILE)
     meta = {"name": job_name(ctx), "namespace": settings.namespace, "labels": labels(ctx)}
-    launcher = _pod_spec(settings, ctx, "launcher", command, container_env(ctx))
+    launcher = pod_spec(settings, ctx, "launcher", command, container_env(ctx))
     # The launcher only runs horovodrun; it needs no GPU.
     launcher["containers"][0]["resources"] = {"requests": {"cpu": "1", "memory": "2Gi"},
                                               "limits": {"cpu": "1", "memory": "2Gi"}}
-    worker = _pod_spec(settings, ctx, "worker", ["/usr/sbin/sshd", "-De"],
+    worker = pod_spec(settings, ctx, "worker", ["/usr/sbin/sshd", "-De"],
                        container_env(ctx))
     return {
         "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob", "metadata": meta,

@@ -25,31 +25,20 @@ MPIJOB = {"group": "kubeflow.org", "version": "v2beta1", "plural": "mpijobs"}
 def pod_operator(ctx: StageContext, settings: KubernetesSettings):
     """The pod that runs `python -m tasks <stage>` with the same argv and env as locally."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-    from kubernetes.client import models as k8s
 
-    from tasks.kube import container_env
+    from tasks.kube import container_env, pod_spec
 
-    resources = settings.resources()
+    # The operator's own container is named "base"; the template's container merges into it.
+    spec = pod_spec(settings, ctx, "base", pod_command(ctx), container_env(ctx))
     return KubernetesPodOperator(
         task_id=f"{ctx.stage}_pod",
         kubernetes_conn_id=settings.kubernetes_conn_id,
         namespace=settings.namespace,
         name=job_name(ctx),
         random_name_suffix=True,
+        pod_template_dict={"apiVersion": "v1", "kind": "Pod", "metadata": {}, "spec": spec},
         image=settings.image,
-        image_pull_policy=settings.image_pull_policy,
-        cmds=pod_command(ctx),
-        env_vars=container_env(ctx),
         labels=labels(ctx),
-        container_resources=k8s.V1ResourceRequirements(requests=resources["requests"],
-                                                       limits=resources["limits"]),
-        node_selector=settings.node_selector or None,
-        tolerations=[k8s.V1Toleration(**t) for t in settings.tolerations] or None,
-        service_account_name=settings.service_account,
-        volumes=[k8s.V1Volume(name="artifacts", persistent_volume_claim=(
-            k8s.V1PersistentVolumeClaimVolumeSource(claim_name=settings.artifact_pvc)))],
-        volume_mounts=[k8s.V1VolumeMount(name="artifacts",
-                                         mount_path=str(ctx.settings.artifact_root))],
         # A retried task reattaches to its still-running pod instead of starting another.
         reattach_on_restart=True,
         on_finish_action=settings.on_finish_action,

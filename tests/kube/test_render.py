@@ -63,6 +63,9 @@ def test_pod_renders_and_validates_strictly(tmp_path, name, launcher):
     assert resources["limits"].get("nvidia.com/gpu") == (
         str(settings.gpus_per_worker) if settings.gpus_per_worker else None)
     assert (obj["spec"].get("nodeSelector") or {}) == settings.node_selector
+    assert (obj["spec"].get("tolerations") or []) == settings.tolerations
+    assert obj["spec"]["restartPolicy"] == "Never"
+    assert container["image"] == settings.image and len(obj["spec"]["containers"]) == 1
     labels = obj["metadata"]["labels"]
     assert labels["aigc/stage"] == "train" and len(labels["aigc/run-id"]) <= 63
     mount = container["volumeMounts"][0]
