@@ -20,6 +20,7 @@ TAG_STAGE = "aigc.stage"
 def configure(settings: Settings) -> str:
     """Point MLflow at the settings' store and return the experiment id (created once)."""
     import mlflow
+    import mlflow.exceptions
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -33,7 +34,7 @@ def configure(settings: Settings) -> str:
             settings.experiment, artifact_location=Path(settings.mlflow_artifact_root).as_uri()
             if "://" not in settings.mlflow_artifact_root else settings.mlflow_artifact_root,
         )
-    except Exception:  # a concurrent stage created it first
+    except mlflow.exceptions.MlflowException:  # a concurrent stage created it first
         exp = client.get_experiment_by_name(settings.experiment)
         if exp is None:
             raise

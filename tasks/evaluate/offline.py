@@ -33,10 +33,15 @@ def score(model_dir, test: pd.DataFrame, cfg: LifecycleConfig, judge) -> ModelMe
 
 
 def champion_version(client, name: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
     try:
         return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except Exception:  # no such alias (or model) yet: the first promotion
-        return None
+    except MlflowException as exc:
+        # No such model, or no such alias: the first promotion. Anything else is real.
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 def thresholds_of(cfg: LifecycleConfig) -> Thresholds:

@@ -22,11 +22,8 @@ def _requirements() -> list[str]:
 
 def find_version(client, name: str, run_id: str, role: str):
     """A version this DAG run already registered (a retried task must not add another)."""
-    try:
-        versions = client.search_model_versions(
-            f"name = '{name}' and tags.`{TAG_RUN_ID}` = '{run_id}' and tags.`aigc.role` = '{role}'")
-    except Exception:  # the registered model does not exist yet
-        return None
+    versions = client.search_model_versions(
+        f"name = '{name}' and tags.`{TAG_RUN_ID}` = '{run_id}' and tags.`aigc.role` = '{role}'")
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
