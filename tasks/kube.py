@@ -96,13 +96,9 @@ def container_env(ctx: StageContext) -> dict[str, str]:
     return ctx.settings.to_env() | {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def payload_path(ctx: StageContext) -> str:
-    return str(ctx.stage_dir / "payload.json")
-
-
 def pod_command(ctx: StageContext) -> list[str]:
     """Exactly the argv the local runner executes."""
-    return stage_argv(ctx.stage, payload_path(ctx))
+    return stage_argv(ctx.stage, str(ctx.payload_path))
 
 
 def _volume(settings: KubernetesSettings, ctx: StageContext) -> tuple[dict, dict]:
@@ -137,14 +133,10 @@ def pod_spec(settings: KubernetesSettings, ctx: StageContext, name: str, command
 def mpijob_manifest(ctx: StageContext, settings: KubernetesSettings) -> dict[str, Any]:
     """A kubeflow.org/v2beta1 MPIJob: one launcher running horovodrun over `nodes` workers,
     each with cfg.workers slots (one process per GPU or per core group)."""
-    cfg = ctx.config
-    nodes = cfg.nodes
-    if cfg.launcher != "horovod":
-        raise ConfigError(f"nodes: {nodes} nodes need launcher=horovod (an MPIJob); "
-                          f"{cfg.launcher!r} runs on one node")
-    slots = cfg.workers
+    cfg = ctx.config  # LifecycleConfig guarantees launcher=horovod when nodes > 1
+    nodes, slots = cfg.nodes, cfg.workers
     # world_size = workers per node x nodes: one horovodrun process per slot.
-    command = launcher_argv(cfg, payload_path(ctx), hostfile=MPI_HOSTFILE)
+    command = launcher_argv(cfg, str(ctx.payload_path), hostfile=MPI_HOSTFILE)
     meta = {"name": job_name(ctx), "namespace": settings.namespace, "labels": labels(ctx)}
     launcher = pod_spec(settings, ctx, "launcher", command, container_env(ctx))
     # The launcher only runs horovodrun; it needs no GPU.

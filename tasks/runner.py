@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import EXIT_BAD_INPUT, BadInput
-from tasks.stage import RESULT_FILE, StageContext, write_json
+from tasks.stage import StageContext
 
 log = logging.getLogger(__name__)
 TAIL_LINES = 40
@@ -65,10 +64,7 @@ def run_command(argv: list[str], *, label: str, env: dict[str, str] | None = Non
 
 def run_process(ctx: StageContext) -> dict[str, Any]:
     """Write the payload, run the stage process, return the result it wrote."""
-    payload_path = write_json(ctx.stage_dir / "payload.json", ctx.to_payload())
-    result_path = ctx.stage_dir / RESULT_FILE
-    # A result left by an earlier attempt must never be mistaken for this attempt's.
-    result_path.unlink(missing_ok=True)
+    payload_path = ctx.hand_off()
     run_command(localize(stage_argv(ctx.stage, str(payload_path))), label=f"stage {ctx.stage}",
                 env=ctx.settings.to_env())
-    return json.loads(result_path.read_text())
+    return ctx.read_result()

@@ -45,6 +45,20 @@ class StageContext:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @property
+    def payload_path(self) -> Path:
+        return self.stage_dir / "payload.json"
+
+    def hand_off(self) -> Path:
+        """Write the payload a stage process or pod reads, and clear an earlier attempt's
+        result so it can never pass for this attempt's."""
+        (self.stage_dir / RESULT_FILE).unlink(missing_ok=True)
+        return write_json(self.payload_path, self.to_payload())
+
+    def read_result(self) -> dict[str, Any]:
+        """The result the stage process or pod wrote next to its artifacts."""
+        return json.loads((self.stage_dir / RESULT_FILE).read_text())
+
     def input(self, stage: str) -> dict[str, Any]:
         try:
             return self.inputs[stage]

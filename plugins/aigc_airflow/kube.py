@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -16,7 +15,7 @@ from tasks.kube import (
     mpijob_outcome,
     pod_command,
 )
-from tasks.stage import RESULT_FILE, StageContext, write_json
+from tasks.stage import StageContext
 
 log = logging.getLogger(__name__)
 MPIJOB = {"group": "kubeflow.org", "version": "v2beta1", "plural": "mpijobs"}
@@ -49,15 +48,10 @@ def pod_operator(ctx: StageContext, settings: KubernetesSettings):
     )
 
 
-def _result(ctx: StageContext) -> dict[str, Any]:
-    return json.loads((ctx.stage_dir / RESULT_FILE).read_text())
-
-
 def run_pod(ctx: StageContext, context: Any, settings: KubernetesSettings) -> dict[str, Any]:
-    (ctx.stage_dir / RESULT_FILE).unlink(missing_ok=True)
-    write_json(ctx.stage_dir / "payload.json", ctx.to_payload())
+    ctx.hand_off()
     pod_operator(ctx, settings).execute(context)
-    return _result(ctx)
+    return ctx.read_result()
 
 
 def run_mpijob(ctx: StageContext, settings: KubernetesSettings, api=None) -> dict[str, Any]:
@@ -67,8 +61,7 @@ def run_mpijob(ctx: StageContext, settings: KubernetesSettings, api=None) -> dic
 
         config.load_incluster_config() if _in_cluster() else config.load_kube_config()
         api = client.CustomObjectsApi()
-    (ctx.stage_dir / RESULT_FILE).unlink(missing_ok=True)
-    write_json(ctx.stage_dir / "payload.json", ctx.to_payload())
+    ctx.hand_off()
     manifest = mpijob_manifest(ctx, settings)
     name = manifest["metadata"]["name"]
     try:
@@ -83,7 +76,7 @@ def run_mpijob(ctx: StageContext, settings: KubernetesSettings, api=None) -> dic
         job = api.get_namespaced_custom_object(namespace=settings.namespace, name=name,
                                                **MPIJOB)
         if mpijob_outcome(job) == "succeeded":
-            return _result(ctx)
+            return ctx.read_result()
         time.sleep(settings.mpijob_poll_seconds)
 
 

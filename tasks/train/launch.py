@@ -59,7 +59,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if cfg.launcher == "single":
         run_worker(ctx, Backend())
     else:
-        payload = write_json(ctx.stage_dir / "payload.json", ctx.to_payload())
+        payload = write_json(ctx.payload_path, ctx.to_payload())
         run_command(localize(launcher_argv(cfg, str(payload))), label=f"{cfg.launcher} workers",
                     env=thread_env(cfg.world_size) | ctx.settings.to_env())
     result = collect(ctx)
