@@ -1,5 +1,5 @@
 """aigc_lifecycle: data to champion — ingest, validate, preprocess, train, register,
-evaluate, promote. Wiring only; every stage lives in the `tasks` package."""
+compress, evaluate, promote. Wiring only; every stage lives in the `tasks` package."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ TIMEOUTS = {
     "preprocess": timedelta(minutes=30),
     "train": timedelta(hours=6),
     "register": timedelta(minutes=20),
+    "compress": timedelta(hours=2),
     "evaluate": timedelta(hours=1),
     "promote": timedelta(minutes=10),
 }
@@ -23,7 +24,7 @@ TIMEOUTS = {
 
 @dag(
     dag_id="aigc_lifecycle",
-    description="Validate, train, register, evaluate and promote the AIGC model",
+    description="Validate, train, register, compress, evaluate and promote the AIGC model",
     # A cron expression or preset; "none" disables the schedule (triggered runs only).
     schedule=None if SCHEDULE.lower() == "none" else SCHEDULE,
     start_date=datetime(2026, 1, 1),
@@ -48,8 +49,10 @@ def aigc_lifecycle():
     train = stage_task("train", execution_timeout=TIMEOUTS["train"])({"preprocess": preprocess})
     register = stage_task("register", execution_timeout=TIMEOUTS["register"])(
         {"train": train, "ingest": ingest})
-    evaluate = stage_task("evaluate", execution_timeout=TIMEOUTS["evaluate"])(
+    compress = stage_task("compress", execution_timeout=TIMEOUTS["compress"])(
         {"register": register, "preprocess": preprocess})
+    evaluate = stage_task("evaluate", execution_timeout=TIMEOUTS["evaluate"])(
+        {"compress": compress, "preprocess": preprocess})
     stage_task("promote", execution_timeout=TIMEOUTS["promote"])({"evaluate": evaluate})
 
 

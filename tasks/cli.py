@@ -21,6 +21,7 @@ STAGES: dict[str, str] = {
     "preprocess": "tasks.data.preprocess:run",
     "train": "tasks.train.launch:run",
     "register": "tasks.registry.register:run",
+    "compress": "tasks.compress.stage:run",
     "evaluate": "tasks.evaluate.offline:run",
     "promote": "tasks.registry.promote:run",
 }

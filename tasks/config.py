@@ -11,6 +11,12 @@ from typing import Any
 
 from tasks.errors import ConfigError
 
+# Compression methods by name (tasks.compress.methods.METHODS implements each).
+COMPRESSION_METHODS = ("torch_int8_dynamic", "inc_int8_dynamic", "inc_int8_static",
+                       "inc_woq_rtn", "qat_int8", "modelopt_int8", "tensorrt_int8",
+                       "prune_structured", "distill")
+DEFAULT_COMPRESSION = ("torch_int8_dynamic", "inc_woq_rtn", "modelopt_int8", "prune_structured")
+
 # A URI the ingest stage accepts: the bundled demo, a local path, file:// or s3://.
 DATASET_URI_PATTERN = r"^(demo://chatterbot|file://.+|s3://.+|[^:]+)$"
 
@@ -95,6 +101,43 @@ class LifecycleConfig:
         0.02, "A/B gate: largest relative loss versus the champion allowed on any metric.",
         minimum=0, maximum=1,
     )
+    compress_methods: list[str] = _f(
+        DEFAULT_COMPRESSION,
+        "Compression candidates to build after training (empty: no compression). "
+        "tensorrt_int8 needs a CUDA GPU with TensorRT.",
+        items={"type": "string", "enum": list(COMPRESSION_METHODS)}, uniqueItems=True,
+    )
+    compress_policy: str = _f("fastest", "Which passing candidate becomes the challenger.",
+                              enum=["smallest", "fastest"])
+    compress_max_quality_loss: float = _f(
+        0.01, "Compression gate: largest relative increase in held-out perplexity.",
+        minimum=0, maximum=1)
+    compress_min_speedup: float = _f(
+        1.0, "Compression gate: least CPU latency speed-up over the uncompressed model.",
+        minimum=0, maximum=100)
+    compress_max_size_ratio: float = _f(
+        1.0, "Compression gate: largest size on disk relative to the uncompressed model.",
+        exclusiveMinimum=0, maximum=10)
+    latency_batch: int = _f(8, "Batch size at which compression latency is measured.",
+                            minimum=1, maximum=256)
+    calibration_batches: int = _f(8, "Training batches used to calibrate quantizers.",
+                                  minimum=1, maximum=1000)
+    woq_bits: int = _f(8, "Weight-only quantization bits.", enum=[2, 4, 8])
+    woq_group_size: int = _f(32, "Weight-only quantization group size.", enum=[16, 32, 64, 128])
+    finetune_steps: int = _f(100, "Recovery fine-tune steps after pruning and for QAT.",
+                             minimum=1, maximum=100_000)
+    prune_sparsity: float = _f(0.4, "Share of the transformer blocks' weights pruned.",
+                               minimum=0.05, maximum=0.6)
+    distill_teacher: str = _f("challenger", "Distillation teacher: the fresh challenger or the "
+                              "current champion (falls back to the challenger).",
+                              enum=["challenger", "champion"])
+    distill_n_layer: int = _f(2, "Student layers.", minimum=1, maximum=48)
+    distill_n_embd: int = _f(96, "Student width.", minimum=16, maximum=4096)
+    distill_steps: int = _f(600, "Student training steps.", minimum=1, maximum=1_000_000)
+    distill_temperature: float = _f(2.0, "Softmax temperature of the distillation loss.",
+                                    exclusiveMinimum=0, maximum=20)
+    distill_alpha: float = _f(0.5, "Weight of the KL term (the rest is the LM loss).",
+                              minimum=0, maximum=1)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -124,9 +167,8 @@ class LifecycleConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{unknown[0]}: unknown config field (known: {sorted(names)})")
-        values = dict(data)
-        if "languages" in values and isinstance(values["languages"], list | tuple):
-            values["languages"] = tuple(values["languages"])
+        # Arrays are tuples inside (the config is frozen and hashable), lists in JSON.
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 
     @classmethod
@@ -136,9 +178,8 @@ class LifecycleConfig:
         return cls.from_dict(json.loads(text))
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["languages"] = list(self.languages)
-        return data
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
 
 
 def _json_type(value: Any) -> str:
@@ -180,9 +221,9 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
             raise ConfigError(f"{f.name}: {value} is above the maximum {schema['maximum']}")
         if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
             raise ConfigError(f"{f.name}: {value} must be above {schema['exclusiveMinimum']}")
+    if "enum" in schema and value not in schema["enum"]:
+        raise ConfigError(f"{f.name}: {value!r} is not one of {schema['enum']}")
     if kind == "string":
-        if "enum" in schema and value not in schema["enum"]:
-            raise ConfigError(f"{f.name}: {value!r} is not one of {schema['enum']}")
         if len(value) < schema.get("minLength", 0):
             raise ConfigError(f"{f.name}: must not be empty")
         if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
@@ -190,6 +231,8 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
     if kind == "array":
         if len(value) < schema.get("minItems", 0):
             raise ConfigError(f"{f.name}: needs at least {schema['minItems']} item(s)")
+        if schema.get("uniqueItems") and len(set(value)) != len(value):
+            raise ConfigError(f"{f.name}: lists an item twice")
         allowed = schema["items"].get("enum")
         bad = [v for v in value if allowed is not None and v not in allowed]
         if bad:

@@ -15,6 +15,8 @@ from tasks.settings import Settings
 from tasks.stage import RESULT_FILE, safe_name
 
 DAG_ID = "aigc_lifecycle"
+STAGES = ("ingest", "validate", "preprocess", "train", "register", "compress", "evaluate",
+          "promote")
 
 
 def parse_runs(cli_output: str) -> list[dict[str, Any]]:
@@ -35,6 +37,15 @@ def stage_results(run_dir: Path) -> dict[str, dict[str, Any]]:
     return {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob(f"*/{RESULT_FILE}")}
 
 
+def _candidate_line(c: dict[str, Any]) -> str:
+    if "error" in c:
+        return f"  {c['method']}: error {c['error']}"
+    v, m = c["verdict"], c["measurement"]
+    return (f"  {c['method']}: version {c['version']} {'pass' if v['passed'] else 'fail'}, "
+            f"size {v['size_ratio']:.3f}x ({m['size_bytes']:,} B), speed-up {v['speedup']:.2f}x, "
+            f"quality {v['quality_loss']:+.2%}")
+
+
 def render(run: dict[str, Any], results: dict[str, dict[str, Any]], run_dir: Path) -> str:
     lines = [f"run {run['run_id']}: {run['state']}", f"artifacts: {run_dir}"]
     if ing := results.get("ingest"):
@@ -52,6 +63,10 @@ def render(run: dict[str, Any], results: dict[str, dict[str, Any]], run_dir: Pat
     if reg := results.get("register"):
         lines.append(f"registered: {reg['model_name']} version {reg['version']} "
                      f"(alias {reg['alias']})")
+    if co := results.get("compress"):
+        lines.append(f"compress: challenger is version {co['version']} ({co['method']}); "
+                     f"{co['reason']}")
+        lines += [_candidate_line(c) for c in co["candidates"]]
     if ev := results.get("evaluate"):
         c = ev["challenger"]
         lines.append(f"evaluate: test perplexity {c['perplexity']:.1f}, distinct-2 "
@@ -61,8 +76,7 @@ def render(run: dict[str, Any], results: dict[str, dict[str, Any]], run_dir: Pat
         lines.append(f"promote: {pr['decision']} version {pr['version']}; champion is "
                      f"{pr['champion_version'] or 'none'}")
         lines.append(f"  why: {pr['reason']}")
-    missing = [s for s in ("ingest", "validate", "preprocess", "train", "register", "evaluate",
-                           "promote") if s not in results]
+    missing = [s for s in STAGES if s not in results]
     if missing:
         lines.append(f"not completed: {', '.join(missing)}")
     return "\n".join(lines)

@@ -53,3 +53,27 @@ def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     monkeypatch.setenv("GX_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def isolated_settings(root: Path):
+    """Settings that keep artifacts and MLflow under root, with no environment involved."""
+    from tasks.settings import Settings
+
+    return Settings(artifact_root=root, allowed_roots=(str(root),),
+                    tracking_uri=f"sqlite:///{root}/mlflow.db",
+                    mlflow_artifact_root=str(root / "mlartifacts"), experiment="t")
+
+
+def prepare_demo(root: Path, rows: int = 400) -> dict:
+    """A preprocessed demo sample (splits + tokenizer): the preprocess stage's result."""
+    from tasks.data.preprocess import run as preprocess
+    from tasks.data.source import load_demo
+    from tasks.stage import StageContext
+
+    path = root / "masked.parquet"
+    load_demo(["english", "chinese"]).sample(n=rows, random_state=0).to_parquet(path)
+    ctx = StageContext(stage="preprocess", dag_id="d", run_id="prep",
+                       config=LifecycleConfig.from_dict(TINY),
+                       inputs={"validate": {"dataset_uri": str(path)}},
+                       settings=isolated_settings(root))
+    return preprocess(ctx)

@@ -7,8 +7,9 @@ from typing import Any
 
 from tasks.config import params_schema
 
-# Stages that move to a pod with compute_target=kubernetes; the rest stay light processes.
-POD_STAGES = frozenset({"train"})
+# Stages that move to a pod with compute_target=kubernetes (the heavy ones, which may want
+# a GPU: training, and compression for TensorRT); the rest stay light processes.
+POD_STAGES = frozenset({"train", "compress"})
 
 
 def config_params() -> dict[str, Any]:

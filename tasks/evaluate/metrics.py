@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tasks.registry.runtime import CausalLM
 from tasks.text import format_example, format_prompt
 
 
@@ -46,19 +47,18 @@ class Likelihood:
 
 
 @torch.no_grad()
-def likelihood(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 16,
+def likelihood(lm: CausalLM, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 16,
                ) -> Likelihood:
     """Sum of next-token NLL of each whole formatted dialog, truncated to the model's context."""
-    model.eval()
-    limit = model.config.n_positions
     nll, tokens, chars = 0.0, 0, 0
     texts = [format_example(p, r) for p, r in pairs]
+    tokenizer.padding_side = "right"
     for i in range(0, len(texts), batch_size):
         chunk = texts[i: i + batch_size]
         enc = tokenizer(chunk, add_special_tokens=False, padding=True, truncation=True,
-                        max_length=limit, return_tensors="pt")
+                        max_length=lm.n_positions, return_tensors="pt")
         ids, mask = enc["input_ids"], enc["attention_mask"]
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        logits = lm.logits(ids, mask)[:, :-1].float()
         target = ids[:, 1:]
         target_mask = mask[:, 1:].bool()
         losses = torch.nn.functional.cross_entropy(
@@ -73,25 +73,49 @@ def likelihood(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: i
     return Likelihood(nll=nll, tokens=tokens, chars=max(chars, 1))
 
 
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
+                generator: torch.Generator) -> torch.Tensor:
+    """One token per row: greedy at temperature 0, else nucleus sampling."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    # Drop a token once the mass before it already reaches top_p; the first always stays.
+    sorted_probs[(sorted_probs.cumsum(-1) - sorted_probs) >= top_p] = 0
+    pick = torch.multinomial(sorted_probs, 1, generator=generator)
+    return order.gather(-1, pick).squeeze(-1)
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int,
-             temperature: float = 0.8, top_p: float = 0.95) -> list[str]:
-    """Seeded nucleus sampling, left-padded batches; returns only the new text."""
-    model.eval()
-    torch.manual_seed(seed)
+def generate(lm: CausalLM, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int,
+             temperature: float = 0.8, top_p: float = 0.95, batch_size: int = 16) -> list[str]:
+    """Seeded sampling over left-padded batches; returns only the new text.
+
+    The whole context is recomputed per token (no KV cache): every artifact format, ONNX and
+    exported graphs included, then needs only a logits function, and contexts are short."""
+    generator = torch.Generator().manual_seed(seed)
     tokenizer.padding_side = "left"
-    room = model.config.n_positions - max_new_tokens
+    tokenizer.truncation_side = "left"  # a long prompt keeps its end, where the reply starts
+    room = max(lm.n_positions - max_new_tokens, 1)
     outputs: list[str] = []
-    for i in range(0, len(prompts), 16):
-        chunk = [format_prompt(p) for p in prompts[i: i + 16]]
-        enc = tokenizer(chunk, add_special_tokens=False, padding=True, truncation=True,
-                        max_length=max(room, 1), return_tensors="pt")
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True,
-                             temperature=temperature, top_p=top_p,
-                             pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
-        new = out[:, enc["input_ids"].shape[1]:]
-        outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer([format_prompt(p) for p in prompts[i: i + batch_size]],
+                        add_special_tokens=False, padding=True, truncation=True,
+                        max_length=room, return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        start = ids.shape[1]
+        done = torch.zeros(len(ids), dtype=torch.bool)
+        for _ in range(max_new_tokens):
+            step = sample_next(lm.logits(ids, mask)[:, -1].float(), temperature, top_p,
+                               generator)
+            step[done] = tokenizer.pad_token_id
+            ids = torch.cat([ids, step[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(step[:, None])], dim=1)
+            done |= step == tokenizer.eos_token_id
+            if done.all():
+                break
+        outputs += [t.strip() for t in tokenizer.batch_decode(ids[:, start:],
+                                                              skip_special_tokens=True)]
     return outputs
 
 

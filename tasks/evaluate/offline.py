@@ -11,8 +11,9 @@ import pandas as pd
 from tasks.config import LifecycleConfig
 from tasks.evaluate.decision import ModelMetrics, Thresholds, metrics_dict, should_promote
 from tasks.evaluate.metrics import distinct_n, generate, likelihood, load_judge, similarity
-from tasks.registry.model import hf_dir_of, load_hf
-from tasks.registry.register import CHAMPION
+from tasks.registry.model import model_dir_of
+from tasks.registry.register import champion_version
+from tasks.registry.runtime import load_lm
 from tasks.stage import StageContext
 from tasks.tracking import stage_run
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def score(model_dir, test: pd.DataFrame, cfg: LifecycleConfig, judge) -> ModelMetrics:
-    model, tokenizer = load_hf(model_dir)
+    model, tokenizer = load_lm(model_dir)
     pairs = list(test[["prompt", "response"]].itertuples(index=False, name=None))
     lik = likelihood(model, tokenizer, pairs)
     sample = random.Random(cfg.seed).sample(pairs, min(cfg.eval_samples, len(pairs)))
@@ -32,18 +33,6 @@ def score(model_dir, test: pd.DataFrame, cfg: LifecycleConfig, judge) -> ModelMe
     )
 
 
-def champion_version(client, name: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException as exc:
-        # No such model, or no such alias: the first promotion. Anything else is real.
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-
-
 def thresholds_of(cfg: LifecycleConfig) -> Thresholds:
     return Thresholds(max_perplexity=cfg.max_perplexity, min_distinct_2=cfg.min_distinct_2,
                       min_similarity=cfg.min_similarity, max_regression=cfg.max_regression)
@@ -53,16 +42,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import mlflow
 
     cfg = ctx.config
-    reg = ctx.input("register")
+    reg = ctx.input("compress")
     test = pd.read_parquet(ctx.input("preprocess")["splits"]["test"])
     with stage_run(ctx) as run_:
         client = mlflow.MlflowClient()
         judge = load_judge()
-        challenger = score(hf_dir_of(reg["model_uri"]), test, cfg, judge)
+        challenger = score(model_dir_of(reg["model_uri"]), test, cfg, judge)
         champ_v = champion_version(client, reg["model_name"])
         champion = None
         if champ_v is not None:
-            champion = score(hf_dir_of(f"models:/{reg['model_name']}/{champ_v}"), test, cfg,
+            champion = score(model_dir_of(f"models:/{reg['model_name']}/{champ_v}"), test, cfg,
                              judge)
             run_.log_metrics({f"champion_{k}": v for k, v in metrics_dict(champion).items()})
         decision = should_promote(challenger, champion, thresholds_of(cfg))

@@ -7,19 +7,12 @@ from typing import Any
 
 import mlflow.pyfunc
 
-ARTIFACT_KEY = "hf_model"
+ARTIFACT_KEY = "model"
 GENERATION_DEFAULTS = {"max_new_tokens": 32, "temperature": 0.8, "top_p": 0.95, "seed": 0}
 
 
-def load_hf(path: str | Path):
-    """Model and tokenizer from a transformers save_pretrained folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    return AutoModelForCausalLM.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
-
-
-def hf_dir_of(model_uri: str) -> Path:
-    """Download a registered model's artifacts and return its transformers folder."""
+def model_dir_of(model_uri: str) -> Path:
+    """Download a registered model's artifacts and return its model folder (any format)."""
     from mlflow.models import Model
 
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
@@ -31,7 +24,9 @@ class GenerativeModel(mlflow.pyfunc.PythonModel):
     """Prompts in (a `prompt` column), generated responses out; sampling set by params."""
 
     def load_context(self, context) -> None:
-        self.model, self.tokenizer = load_hf(context.artifacts[ARTIFACT_KEY])
+        from tasks.registry.runtime import load_lm
+
+        self.model, self.tokenizer = load_lm(context.artifacts[ARTIFACT_KEY])
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
         from tasks.evaluate.metrics import generate

@@ -14,10 +14,10 @@ CHALLENGER = "challenger"
 CHAMPION = "champion"
 
 
-def _requirements() -> list[str]:
+def _requirements(extra: tuple[str, ...] = ()) -> list[str]:
     # Explicit requirements skip MLflow's slow dependency inference.
     return [f"{p}=={version(p)}" for p in ("torch", "transformers", "tokenizers", "mlflow",
-                                          "pandas")]
+                                          "pandas", *extra)]
 
 
 def find_version(client, name: str, run_id: str, role: str):
@@ -27,8 +27,23 @@ def find_version(client, name: str, run_id: str, role: str):
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def register(ctx: StageContext, model_dir: str, role: str, tags: dict[str, Any]) -> str:
-    """Log model_dir as a pyfunc model version tagged with its lineage; return the version."""
+def champion_version(client, name: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException as exc:
+        # No such model, or no such alias: the first promotion. Anything else is real.
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def register(ctx: StageContext, model_dir: str, role: str, tags: dict[str, Any],
+             requirements: tuple[str, ...] = ()) -> str:
+    """Log model_dir as a pyfunc model version tagged with its lineage; return the version.
+
+    `requirements` names the packages the artifact's format needs beyond the base set."""
     import mlflow
 
     from tasks.registry.model import ARTIFACT_KEY, GenerativeModel, signature
@@ -41,7 +56,8 @@ def register(ctx: StageContext, model_dir: str, role: str, tags: dict[str, Any])
         return str(existing.version)
     info = mlflow.pyfunc.log_model(
         name="model", python_model=GenerativeModel(), artifacts={ARTIFACT_KEY: model_dir},
-        signature=signature(), pip_requirements=_requirements(), registered_model_name=name,
+        signature=signature(), pip_requirements=_requirements(requirements),
+        registered_model_name=name,
     )
     mv = info.registered_model_version
     all_tags = {TAG_DAG_ID: ctx.dag_id, TAG_RUN_ID: ctx.run_id, "aigc.role": role} | tags

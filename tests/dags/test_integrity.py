@@ -15,7 +15,8 @@ from tasks.settings import PROJECT_ROOT
 DAGS = PROJECT_ROOT / "dags"
 EXPECTED_UPSTREAM = {
     "ingest": [], "validate": ["ingest"], "preprocess": ["validate"], "train": ["preprocess"],
-    "register": ["ingest", "train"], "evaluate": ["preprocess", "register"],
+    "register": ["ingest", "train"], "compress": ["preprocess", "register"],
+    "evaluate": ["compress", "preprocess"],
     "promote": ["evaluate"],
 }
 

@@ -17,8 +17,8 @@ from tasks.config import LifecycleConfig
 from tasks.kube import KubernetesSettings, MPIJobFailed, job_name, mpijob_manifest
 from tasks.runner import localize, stage_argv
 from tasks.stage import RESULT_FILE, StageContext, write_json
-from tests.conftest import TINY
-from tests.train.test_distributed import _settings, prepared  # noqa: F401 - fixture
+from tests.conftest import TINY, isolated_settings
+from tests.train.test_distributed import prepared  # noqa: F401 - fixture
 
 K8S_VERSION = "1.33.0"
 SCHEMA = json.loads(Path(__file__).with_name("mpijob_v2beta1.schema.json").read_text())
@@ -37,7 +37,7 @@ RUN_ID = "scheduled__2026-11-23T00:00:00+00:00-with-a-very-long-suffix-that-exce
 def _ctx(tmp_path, **overrides) -> StageContext:
     cfg = LifecycleConfig.from_dict(TINY | {"compute_target": "kubernetes"} | overrides)
     return StageContext(stage="train", dag_id="aigc_lifecycle", run_id=RUN_ID, config=cfg,
-                        settings=_settings(tmp_path))
+                        settings=isolated_settings(tmp_path))
 
 
 def _validate_core(obj: dict) -> None:
@@ -127,7 +127,7 @@ def _prepared_ctx(prepared, **overrides) -> StageContext:  # noqa: F811
     cfg = LifecycleConfig.from_dict(TINY | {"compute_target": "kubernetes", "max_steps": 30}
                                     | overrides)
     return StageContext(stage="train", dag_id="aigc_lifecycle", run_id="k8s-local",
-                        config=cfg, inputs={"preprocess": prep}, settings=_settings(root))
+                        config=cfg, inputs={"preprocess": prep}, settings=isolated_settings(root))
 
 
 def test_local_runner_executes_the_rendered_pod_command(prepared):  # noqa: F811

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from tasks.registry import promote, register
-from tasks.registry.model import hf_dir_of, load_hf
+from tasks.registry.model import model_dir_of
+from tasks.registry.runtime import load_lm
 from tasks.stage import StageContext
 from tasks.train.loop import build_model
 
@@ -41,8 +42,8 @@ def test_registered_challenger_loads_by_alias_and_generates(home, tiny, model_di
     assert version.tags["aigc.dag_run_id"] == "run-1"
     assert version.tags["aigc.dataset_hash"] == "abc123"
     assert float(version.tags["aigc.metric.val_perplexity"]) == pytest.approx(2.7)
-    model, tok = load_hf(hf_dir_of(f"models:/{tiny.model_name}@challenger"))
-    assert model.config.n_embd == tiny.n_embd and len(tok) <= 300
+    lm, tok = load_lm(model_dir_of(f"models:/{tiny.model_name}@challenger"))
+    assert lm.module.model.config.n_embd == tiny.n_embd and len(tok) <= 300
 
 
 def test_retried_register_reuses_its_version(home, tiny, model_dir):

@@ -15,14 +15,12 @@ import torch
 
 from tasks.cli import run_stage
 from tasks.config import LifecycleConfig
-from tasks.data.preprocess import run as preprocess
-from tasks.data.source import load_demo
 from tasks.runner import StageFailed, localize
 from tasks.stage import StageContext, write_json
 from tasks.train.data import batch_indices, shard
 from tasks.train.launch import collect
 from tasks.train.worker import rank_file
-from tests.conftest import TINY
+from tests.conftest import TINY, isolated_settings, prepare_demo
 
 LAUNCHERS = ["ddp", "horovod"]
 PROBE = Path(__file__).with_name("dist_probe.py")
@@ -66,7 +64,7 @@ def test_shards_are_disjoint_and_cover_the_global_batch():
 
 def test_collect_refuses_ranks_with_different_weights(tmp_path):
     ctx = StageContext(stage="train", dag_id="d", run_id="r", config=LifecycleConfig(
-        launcher="ddp", workers=2), settings=_settings(tmp_path))
+        launcher="ddp", workers=2), settings=isolated_settings(tmp_path))
     write_json(rank_file(ctx.stage_dir, 0), {"rank": 0, "checksum": "a"})
     with pytest.raises(StageFailed, match="rank 1 of 2 wrote no result"):
         collect(ctx)
@@ -75,32 +73,18 @@ def test_collect_refuses_ranks_with_different_weights(tmp_path):
         collect(ctx)
 
 
-def _settings(tmp_path):
-    from tasks.settings import Settings
-
-    return Settings(artifact_root=tmp_path, allowed_roots=(str(tmp_path),),
-                    tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
-                    mlflow_artifact_root=str(tmp_path / "mlartifacts"), experiment="t")
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A preprocessed demo sample (splits + tokenizer) that every launcher trains on."""
     root = tmp_path_factory.mktemp("dist")
-    path = root / "masked.parquet"
-    load_demo(["english", "chinese"]).sample(n=400, random_state=0).to_parquet(path)
-    ctx = StageContext(stage="preprocess", dag_id="d", run_id="prep",
-                       config=LifecycleConfig.from_dict(TINY),
-                       inputs={"validate": {"dataset_uri": str(path)}},
-                       settings=_settings(root))
-    return root, preprocess(ctx)
+    return root, prepare_demo(root)
 
 
 def _train_ctx(prepared, run_id: str, **overrides) -> StageContext:
     root, prep = prepared
     cfg = LifecycleConfig.from_dict(TINY | {"max_steps": 60, "eval_every": 1000} | overrides)
     return StageContext(stage="train", dag_id="d", run_id=run_id, config=cfg,
-                        inputs={"preprocess": prep}, settings=_settings(root))
+                        inputs={"preprocess": prep}, settings=isolated_settings(root))
 
 
 def test_launchers_agree_exactly_without_dropout(prepared):

@@ -1,0 +1,1 @@
+"""Compression: quantization (INC, torch.ao, ModelOpt), pruning and distillation, behind a gate."""

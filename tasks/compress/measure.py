@@ -1,0 +1,45 @@
+"""What the gate reads: held-out quality, bytes on disk and CPU latency, measured the same way
+for the baseline and every candidate, whatever its format."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from tasks.compress.gate import Measurement
+from tasks.evaluate.metrics import likelihood
+from tasks.registry.runtime import CausalLM, load_lm
+
+# Files that hold weights; tokenizer, config and manifest files are the same for every format.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pt2", ".onnx", ".data")
+
+
+def size_bytes(model_dir: Path) -> int:
+    return sum(p.stat().st_size for p in Path(model_dir).rglob("*")
+               if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def latency_ms(lm: CausalLM, batch: int, repeats: int = 20, seed: int = 0) -> float:
+    """Median wall time of one forward over a full context of `batch` sequences."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 256, (batch, lm.n_positions), generator=g)
+    mask = torch.ones_like(ids)
+    for _ in range(3):  # warm-up: allocator, lazy kernels, onnxruntime's first-run work
+        lm.logits(ids, mask)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        lm.logits(ids, mask)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def measure(model_dir: Path, pairs: Sequence[tuple[str, str]], batch: int) -> Measurement:
+    lm, tokenizer = load_lm(model_dir)
+    lik = likelihood(lm, tokenizer, pairs)
+    return Measurement(char_perplexity=lik.char_perplexity, size_bytes=size_bytes(model_dir),
+                       latency_ms=latency_ms(lm, batch))

@@ -1,0 +1,343 @@
+"""Compression methods. Each reads the baseline from a Workbench and writes one loadable model
+folder (tokenizer + artifact + manifest, see tasks.registry.runtime); each returns a report of
+what it did, including which layers ended quantized."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from tasks.compress.convert import (
+    conv1d_to_linear,
+    fold_weight_quantizers,
+    layer_inventory,
+    quantize_tied_embedding,
+)
+from tasks.config import LifecycleConfig
+from tasks.errors import BadInput
+from tasks.registry.runtime import INPUT_NAMES, LogitsOf, position_ids, write_manifest
+from tasks.train.data import batch_indices, token_blocks
+from tasks.train.loop import lr_lambda
+
+log = logging.getLogger(__name__)
+Report = dict[str, Any]
+
+
+@dataclass
+class Workbench:
+    """What every method starts from: the run config, the baseline model folder (transformers
+    format) and the training split (calibration and fine-tuning data, never held-out data)."""
+
+    cfg: LifecycleConfig
+    baseline_dir: Path
+    train_frame: pd.DataFrame
+    teacher_dir: Path | None = None  # distillation's teacher when it is not the baseline
+
+    @functools.cached_property
+    def train_blocks(self) -> torch.Tensor:
+        return token_blocks(self.train_frame, self.tokenizer(), self.cfg.block_size)
+
+    def model(self, source: Path | None = None):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(source or self.baseline_dir)).eval()
+
+    def tokenizer(self, source: Path | None = None):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(source or self.baseline_dir))
+
+    def calibration(self) -> list[torch.Tensor]:
+        """Seeded batches of training blocks: never validation or test data."""
+        n = min(self.cfg.calibration_batches * self.cfg.batch_size, len(self.train_blocks))
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        chosen = self.train_blocks[torch.randperm(len(self.train_blocks), generator=g)[:n]]
+        return list(chosen.split(self.cfg.batch_size))
+
+    def feed(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask = torch.ones_like(batch)
+        return batch, mask, position_ids(mask)
+
+    def example(self, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.feed(self.train_blocks[:batch])
+
+
+def fine_tune(model: torch.nn.Module, wb: Workbench, steps: int, peak_lr: float,
+              loss_fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
+              ) -> None:
+    """Short seeded fine-tune (warm-up, cosine decay) on the training blocks; the one loop
+    behind pruning recovery, QAT and distillation."""
+    cfg = dataclasses.replace(wb.cfg, max_steps=steps, warmup_steps=max(1, steps // 10))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=peak_lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    model.train()
+    torch.manual_seed(cfg.seed)
+    for step in range(steps):
+        batch = wb.train_blocks[batch_indices(step, len(wb.train_blocks), cfg.batch_size,
+                                              cfg.seed)]
+        loss = (loss_fn(model, batch) if loss_fn else
+                model(input_ids=batch, labels=batch).loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        if step % 50 == 0 or step == steps - 1:
+            log.info("fine-tune step %d/%d loss %.4f", step + 1, steps, loss.item())
+    model.eval()
+
+
+def _save(out: Path, fmt: str, tokenizer, n_positions: int, **extra: Any) -> None:
+    tokenizer.save_pretrained(str(out))
+    write_manifest(out, fmt, n_positions, **extra)
+
+
+def _save_torch(module: torch.nn.Module, wb: Workbench, out: Path, method: str) -> Report:
+    torch.save(module, out / "model.pt")
+    _save(out, "torch", wb.tokenizer(), wb.cfg.block_size, method=method)
+    return {"layers": layer_inventory(module)}
+
+
+def _dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """INT8 weights (per-row scales for the tied vocabulary matrix, per-tensor for Linear)
+    with activations quantized on the fly."""
+    from torch.ao.quantization import quantize_dynamic
+
+    quantize_tied_embedding(model)
+    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def torch_int8_dynamic(wb: Workbench, out: Path) -> Report:
+    """torch.ao dynamic INT8: the baseline a PyTorch user reaches for first."""
+    model = _dynamic_int8(conv1d_to_linear(wb.model()))
+    return _save_torch(LogitsOf(model), wb, out, "torch_int8_dynamic")
+
+
+def qat_int8(wb: Workbench, out: Path) -> Report:
+    """INT8 quantization-aware fine-tune (torch.ao): weights are fake-quantized in the
+    forward pass so training adapts to the rounding, then converted to dynamic INT8."""
+    import torch.ao.nn.qat.dynamic as nnqatd
+    from torch.ao.quantization import default_dynamic_qat_qconfig, prepare_qat
+
+    model = conv1d_to_linear(wb.model())
+    # The tied vocabulary matrix stays fp32 while training (the head must keep its tie)
+    # and is quantized with the rest at the end.
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module is not model.lm_head:
+            module.qconfig = default_dynamic_qat_qconfig
+    prepare_qat(model.train(), mapping={torch.nn.Linear: nnqatd.Linear}, inplace=True)
+    fine_tune(model, wb, wb.cfg.finetune_steps, wb.cfg.learning_rate * 0.1)
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nnqatd.Linear):
+                linear = torch.nn.Linear(child.in_features, child.out_features)
+                linear.load_state_dict({"weight": child.weight, "bias": child.bias})
+                setattr(module, name, linear)
+    model = _dynamic_int8(model)
+    report = _save_torch(LogitsOf(model), wb, out, "qat_int8")
+    return report | {"finetune_steps": wb.cfg.finetune_steps}
+
+
+def _pt2e(wb: Workbench, out: Path, quant_config, calibrate: bool, method: str) -> Report:
+    """INC's PT2E path: export the Linear-form model with dynamic batch and length, insert
+    quantize/dequantize pairs, calibrate (static), convert and save the exported program."""
+    from neural_compressor.torch.export import export
+    from neural_compressor.torch.quantization import convert, prepare
+
+    module = LogitsOf(conv1d_to_linear(wb.model())).eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    length = torch.export.Dim("length", min=2, max=wb.cfg.block_size)
+    dims = ({0: batch, 1: length},) * 3
+    example = wb.example()
+    prepared = prepare(export(module, example, dynamic_shapes=dims), quant_config=quant_config)
+    with torch.no_grad():
+        for chunk in wb.calibration() if calibrate else [example[0]]:
+            prepared(*wb.feed(chunk))
+        quantized = convert(prepared)
+    program = torch.export.export(quantized, example, dynamic_shapes=dims)
+    torch.export.save(program, str(out / "model.pt2"))
+    _save(out, "pt2", wb.tokenizer(), wb.cfg.block_size, method=method)
+    linears = [n for n in quantized.graph.nodes if n.op == "call_function"
+               and "linear" in str(n.target)]
+    quantized_inputs = sum(1 for n in linears if any("dequantize" in str(a.target)
+                                                     for a in n.all_input_nodes))
+    return {"layers": {"linear ops": len(linears), "linear ops on INT8": quantized_inputs}}
+
+
+def inc_int8_dynamic(wb: Workbench, out: Path) -> Report:
+    from neural_compressor.torch.quantization import DynamicQuantConfig
+
+    return _pt2e(wb, out, DynamicQuantConfig(), calibrate=False, method="inc_int8_dynamic")
+
+
+def inc_int8_static(wb: Workbench, out: Path) -> Report:
+    from neural_compressor.torch.quantization import StaticQuantConfig
+
+    return _pt2e(wb, out, StaticQuantConfig(), calibrate=True, method="inc_int8_static")
+
+
+def inc_woq_rtn(wb: Workbench, out: Path) -> Report:
+    """INC weight-only round-to-nearest: packed low-bit weights (INC handles Conv1D itself)."""
+    from neural_compressor.torch.quantization import RTNConfig, convert, prepare
+
+    model = convert(prepare(wb.model(), RTNConfig(bits=wb.cfg.woq_bits,
+                                                  group_size=wb.cfg.woq_group_size)))
+    del model.save  # INC binds its own save method; the artifact is the pickled module
+    return _save_torch(LogitsOf(model), wb, out, "inc_woq_rtn") | {"bits": wb.cfg.woq_bits}
+
+
+def modelopt_int8(wb: Workbench, out: Path) -> Report:
+    """NVIDIA ModelOpt INT8 calibration, exported to ONNX with Q/DQ nodes (weights folded to
+    INT8) and checked numerically with onnxruntime against the fake-quantized model. The same
+    ONNX file is what TensorRT builds an engine from on a GPU."""
+    import modelopt.torch.quantization as mtq
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    module = LogitsOf(wb.model()).eval()
+    calibration = wb.calibration()
+
+    def forward_loop(model: torch.nn.Module) -> None:
+        for chunk in calibration:
+            model(*wb.feed(chunk))
+
+    with torch.no_grad():
+        mtq.quantize(module, mtq.INT8_DEFAULT_CFG, forward_loop=forward_loop)
+        example = wb.example()
+        reference = module(*example).numpy()
+    path = out / "model.onnx"
+    axes = {name: {0: "batch", 1: "length"} for name in INPUT_NAMES}
+    torch.onnx.export(module, example, str(path), input_names=list(INPUT_NAMES),
+                      output_names=["logits"], dynamic_axes=axes | {"logits": {0: "batch",
+                                                                              1: "length"}},
+                      opset_version=17, dynamo=False)
+    graph = onnx.load(str(path))
+    folded = fold_weight_quantizers(graph)
+    onnx.save(graph, str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {k: v.numpy() for k, v in zip(INPUT_NAMES, example, strict=True)})[0]
+    error = float(np.abs(got - reference).max())
+    if error > 0.05 * float(np.abs(reference).max()):
+        raise RuntimeError(f"modelopt_int8: onnxruntime disagrees with the fake-quantized "
+                           f"model (max abs error {error:.4g})")
+    _save(out, "onnx", wb.tokenizer(), wb.cfg.block_size, method="modelopt_int8")
+    ops = [n.op_type for n in graph.graph.node]
+    return {"layers": {"QuantizeLinear": ops.count("QuantizeLinear"),
+                       "DequantizeLinear": ops.count("DequantizeLinear"),
+                       "INT8 weights folded": folded},
+            "onnxruntime_max_abs_error": error}
+
+
+def tensorrt_int8(wb: Workbench, out: Path) -> Report:
+    """GPU-only: a TensorRT engine built from ModelOpt's Q/DQ ONNX. Refused, with the reason,
+    where CUDA or TensorRT is missing (it never silently falls back)."""
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        missing.append("the tensorrt package")
+    if missing:
+        raise BadInput(f"compress_methods: tensorrt_int8 needs {' and '.join(missing)} on the "
+                       "worker; run compress on a GPU node (compute_target=kubernetes) or drop "
+                       "the method")
+    from tasks.compress.engine import build_engine
+
+    report = modelopt_int8(wb, out)
+    return report | build_engine(out / "model.onnx", out / "model.engine", wb.cfg.block_size)
+
+
+def prune_structured(wb: Workbench, out: Path) -> Report:
+    """L1 structured pruning of MLP neurons (whole rows and columns go, so the dense model
+    gets smaller and faster), then a short recovery fine-tune. `prune_sparsity` is the share
+    of the blocks' Linear weights removed; MLPs hold two thirds of them."""
+    model = wb.model()
+    cfg = model.config
+    inner = cfg.n_inner or 4 * cfg.n_embd
+    block_weights = 12 * cfg.n_embd * cfg.n_embd if cfg.n_inner is None else (
+        4 * cfg.n_embd * cfg.n_embd + 2 * cfg.n_embd * inner)
+    removed_per_neuron = 2 * cfg.n_embd
+    drop = round(wb.cfg.prune_sparsity * block_weights / removed_per_neuron)
+    if drop >= inner:
+        raise BadInput(f"prune_sparsity: {wb.cfg.prune_sparsity} would remove every MLP "
+                       f"neuron ({drop} of {inner})")
+    keep = inner - drop
+    for block in model.transformer.h:
+        fc, proj = block.mlp.c_fc, block.mlp.c_proj  # Conv1D: weight [in, out]
+        score = fc.weight.abs().sum(0) + proj.weight.abs().sum(1)
+        kept = score.topk(keep).indices.sort().values
+        fc.weight = torch.nn.Parameter(fc.weight[:, kept].clone())
+        fc.bias = torch.nn.Parameter(fc.bias[kept].clone())
+        fc.nf = keep
+        proj.weight = torch.nn.Parameter(proj.weight[kept, :].clone())
+    cfg.n_inner = keep
+    fine_tune(model, wb, wb.cfg.finetune_steps, wb.cfg.learning_rate * 0.3)
+    model.save_pretrained(str(out))
+    _save(out, "hf", wb.tokenizer(), wb.cfg.block_size, method="prune_structured")
+    return {"mlp_neurons": f"{keep}/{inner}", "linear_sparsity": drop * removed_per_neuron
+            * len(model.transformer.h) / (block_weights * len(model.transformer.h)),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "finetune_steps": wb.cfg.finetune_steps}
+
+
+def distill(wb: Workbench, out: Path) -> Report:
+    """Knowledge distillation into a smaller GPT-2 (layers and width from config): KL to the
+    teacher's temperature-softened logits plus the LM loss, on the teacher's tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if wb.teacher_dir is not None:  # the champion: its own tokenizer and token blocks
+        wb = Workbench(wb.cfg, wb.teacher_dir, wb.train_frame)
+    teacher, tokenizer = wb.model(), wb.tokenizer()
+    cfg = wb.cfg
+    heads = cfg.n_head if cfg.distill_n_embd % cfg.n_head == 0 else 1
+    torch.manual_seed(cfg.seed)
+    student = GPT2LMHeadModel(GPT2Config(
+        vocab_size=teacher.config.vocab_size, n_positions=teacher.config.n_positions,
+        n_embd=cfg.distill_n_embd, n_layer=cfg.distill_n_layer, n_head=heads,
+        bos_token_id=teacher.config.bos_token_id, eos_token_id=teacher.config.eos_token_id,
+        pad_token_id=teacher.config.pad_token_id, tie_word_embeddings=True,
+        resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout))
+    t, alpha = cfg.distill_temperature, cfg.distill_alpha
+
+    def loss_fn(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(input_ids=batch).logits
+        out_ = model(input_ids=batch, labels=batch)
+        kl = torch.nn.functional.kl_div(
+            torch.log_softmax(out_.logits / t, -1).flatten(0, 1),
+            torch.log_softmax(target / t, -1).flatten(0, 1), log_target=True,
+            reduction="batchmean") * t * t
+        return alpha * kl + (1 - alpha) * out_.loss
+
+    fine_tune(student, wb, cfg.distill_steps, cfg.learning_rate, loss_fn)
+    student.save_pretrained(str(out))
+    _save(out, "hf", tokenizer, cfg.block_size, method="distill")
+    n_student = sum(p.numel() for p in student.parameters())
+    n_teacher = sum(p.numel() for p in teacher.parameters())
+    return {"parameters": n_student, "teacher_parameters": n_teacher,
+            "parameter_ratio": n_student / n_teacher, "teacher": str(wb.baseline_dir),
+            "steps": cfg.distill_steps}
+
+
+METHODS: dict[str, Callable[[Workbench, Path], Report]] = {
+    "torch_int8_dynamic": torch_int8_dynamic,
+    "inc_int8_dynamic": inc_int8_dynamic,
+    "inc_int8_static": inc_int8_static,
+    "inc_woq_rtn": inc_woq_rtn,
+    "qat_int8": qat_int8,
+    "modelopt_int8": modelopt_int8,
+    "tensorrt_int8": tensorrt_int8,
+    "prune_structured": prune_structured,
+    "distill": distill,
+}

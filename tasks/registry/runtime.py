@@ -1,0 +1,121 @@
+"""One interface over every model artifact the lifecycle produces: logits from token ids.
+
+A model folder holds a tokenizer and one of these formats (named in `model.json`; a plain
+transformers folder has none and is `hf`):
+- `hf`: transformers save_pretrained (the trained, pruned and distilled models);
+- `torch`: a pickled eager module (INC weight-only and torch.ao dynamic/QAT INT8 models);
+- `pt2`: a `torch.export` program (INC's PT2E INT8 graphs);
+- `onnx`: an ONNX graph run by onnxruntime (ModelOpt's Q/DQ export).
+Sampling and likelihood are written once against `CausalLM`, so every format is evaluated,
+served and benchmarked by the same code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+MANIFEST = "model.json"
+FORMATS = ("hf", "torch", "pt2", "onnx")
+INPUT_NAMES = ("input_ids", "attention_mask", "position_ids")
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so a padded prompt sees the positions it trained on."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class LogitsOf(torch.nn.Module):
+    """A causal LM as a pure function (ids, mask, positions) -> logits: no cache, no dict
+    outputs, so the same module can be pickled, exported by torch.export and ONNX."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids, use_cache=False).logits
+
+
+class CausalLM(Protocol):
+    n_positions: int
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class TorchLM:
+    """Any module with LogitsOf's signature: eager, quantized or an exported program."""
+
+    module: Any
+    n_positions: int
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.module(input_ids, attention_mask, position_ids(attention_mask))
+
+
+@dataclass
+class OnnxLM:
+    session: Any
+    n_positions: int
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        feed = dict(zip(INPUT_NAMES, (input_ids, attention_mask, position_ids(attention_mask)),
+                        strict=True))
+        out = self.session.run(None, {k: v.numpy().astype("int64") for k, v in feed.items()})
+        return torch.from_numpy(out[0])
+
+
+def manifest(model_dir: Path) -> dict[str, Any]:
+    path = Path(model_dir) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {"format": "hf"}
+
+
+def write_manifest(model_dir: Path, fmt: str, n_positions: int, **extra: Any) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"format: {fmt!r} is not one of {FORMATS}")
+    (Path(model_dir) / MANIFEST).write_text(
+        json.dumps({"format": fmt, "n_positions": n_positions, **extra}, indent=2))
+
+
+def load_lm(model_dir: str | Path, threads: int | None = None) -> tuple[CausalLM, Any]:
+    """The model and tokenizer of a model folder, whatever its format."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    info = manifest(model_dir)
+    fmt = info["format"]
+    if fmt == "hf":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+        return TorchLM(LogitsOf(model), model.config.n_positions), tokenizer
+    if fmt == "torch":
+        # Our own artifact, written by the compress stage: unpickling runs no foreign code.
+        module = torch.load(model_dir / "model.pt", weights_only=False).eval()
+        return TorchLM(module, info["n_positions"]), tokenizer
+    if fmt == "pt2":
+        # Registers the quantize/dequantize ops that PT2E graphs call.
+        importlib.import_module("torch.ao.quantization.fx._decomposed")
+
+        program = torch.export.load(str(model_dir / "model.pt2"))
+        return TorchLM(program.module(), info["n_positions"]), tokenizer
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(model_dir / "model.onnx"), opts,
+                                       providers=["CPUExecutionProvider"])
+        return OnnxLM(session, info["n_positions"]), tokenizer
+    raise ValueError(f"{model_dir / MANIFEST}: unknown format {fmt!r} (known: {FORMATS})")

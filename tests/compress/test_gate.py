@@ -1,0 +1,70 @@
+"""The compression gate and the candidate choice, on both sides of every threshold."""
+
+import pytest
+
+from tasks.compress.gate import (
+    CompressionBudget,
+    GateVerdict,
+    Measurement,
+    choose,
+    passes_compression_gate,
+)
+
+BASE = Measurement(char_perplexity=10.0, size_bytes=1000, latency_ms=20.0)
+BUDGET = CompressionBudget(max_quality_loss=0.01, min_speedup=1.5, max_size_ratio=0.5)
+
+
+def _gate(**change) -> GateVerdict:
+    fields = {"char_perplexity": 10.05, "size_bytes": 400, "latency_ms": 10.0} | change
+    return passes_compression_gate(BASE, Measurement(**fields), BUDGET)
+
+
+def test_a_candidate_within_every_threshold_passes():
+    verdict = _gate()
+    assert verdict.passed
+    assert verdict.quality_loss == pytest.approx(0.005)
+    assert verdict.speedup == pytest.approx(2.0)
+    assert verdict.size_ratio == pytest.approx(0.4)
+    assert all(r.startswith("ok ") for r in verdict.reasons)
+
+
+@pytest.mark.parametrize(("field", "inside", "outside", "label"), [
+    ("char_perplexity", 10.099, 10.101, "quality loss"),
+    ("latency_ms", 13.33, 13.34, "speed-up"),
+    ("size_bytes", 500, 501, "size ratio"),
+])
+def test_each_threshold_decides_on_its_edge(field, inside, outside, label):
+    assert _gate(**{field: inside}).passed
+    verdict = _gate(**{field: outside})
+    assert not verdict.passed
+    assert verdict.reasons[0].startswith(f"FAIL {label}")
+    assert sum(r.startswith("FAIL") for r in verdict.reasons) == 1
+
+
+def test_better_quality_than_the_baseline_is_no_loss():
+    assert _gate(char_perplexity=9.0).quality_loss < 0 and _gate(char_perplexity=9.0).passed
+
+
+def _candidate(name, size, latency, ppl=10.0, passed=True):
+    m = Measurement(char_perplexity=ppl, size_bytes=size, latency_ms=latency)
+    return name, m, GateVerdict(passed, 0, 0, 0, ())
+
+
+def test_policy_picks_the_smallest_or_the_fastest_passing_candidate():
+    cands = [_candidate("small", 100, 15), _candidate("fast", 300, 5),
+             _candidate("failed", 10, 1, passed=False)]
+    assert choose(cands, "smallest") == "small"
+    assert choose(cands, "fastest") == "fast"
+
+
+def test_ties_break_on_the_other_criterion_then_quality():
+    cands = [_candidate("a", 100, 9, ppl=11), _candidate("b", 100, 8, ppl=12),
+             _candidate("c", 100, 8, ppl=10)]
+    assert choose(cands, "smallest") == "c"
+
+
+def test_no_passing_candidate_chooses_none_and_unknown_policy_is_refused():
+    assert choose([_candidate("x", 1, 1, passed=False)], "smallest") is None
+    assert choose([], "fastest") is None
+    with pytest.raises(ValueError, match="compress_policy"):
+        choose([], "cheapest")

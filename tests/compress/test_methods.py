@@ -1,0 +1,138 @@
+"""Every compression method builds a loadable artifact that generates, and quantizes the
+layers it claims to (GPT-2's Conv1D included)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import onnx
+import pandas as pd
+import pytest
+import torch
+
+from tasks.compress.convert import conv1d_to_linear, layer_inventory
+from tasks.compress.measure import size_bytes
+from tasks.compress.methods import METHODS, Workbench
+from tasks.config import COMPRESSION_METHODS, LifecycleConfig
+from tasks.errors import BadInput
+from tasks.evaluate.metrics import generate, likelihood
+from tasks.registry.runtime import load_lm, manifest
+from tests.compress.conftest import COMPRESS
+
+BLOCK_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+@pytest.fixture(scope="module")
+def bench(trained) -> Workbench:
+    _, prep, train = trained
+    return Workbench(LifecycleConfig.from_dict(COMPRESS), Path(train["model_uri"]),
+                     pd.read_parquet(prep["splits"]["train"]))
+
+
+@pytest.fixture(scope="module")
+def built(bench, tmp_path_factory):
+    """method -> (folder, report), each built once."""
+    cache: dict[str, tuple[Path, dict]] = {}
+
+    def build(method: str):
+        if method not in cache:
+            out = tmp_path_factory.mktemp(method)
+            cache[method] = (out, METHODS[method](bench, out))
+        return cache[method]
+
+    return build
+
+
+def test_config_and_implementations_name_the_same_methods():
+    assert tuple(METHODS) == COMPRESSION_METHODS
+
+
+def test_conv1d_to_linear_keeps_the_function(bench):
+    model = bench.model()
+    ids = bench.train_blocks[:2]
+    before = model(input_ids=ids).logits
+    converted = conv1d_to_linear(model)
+    assert not any(kind == "Conv1D" for kind in layer_inventory(converted).values())
+    torch.testing.assert_close(converted(input_ids=ids).logits, before, atol=1e-5, rtol=1e-5)
+
+
+CPU_METHODS = [m for m in COMPRESSION_METHODS if m != "tensorrt_int8"]
+
+
+@pytest.mark.parametrize("method", CPU_METHODS)
+def test_artifact_loads_back_and_generates(built, bench, held_out, method):
+    folder, _ = built(method)
+    lm, tokenizer = load_lm(folder)
+    texts = generate(lm, tokenizer, ["hello", "你好"], max_new_tokens=5, seed=0)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    lik = likelihood(lm, tokenizer, held_out[:20])
+    assert math.isfinite(lik.char_perplexity)
+    assert manifest(folder)["format"] in ("hf", "torch", "pt2", "onnx")
+
+
+@pytest.mark.parametrize("method", ["torch_int8_dynamic", "qat_int8"])
+def test_dynamic_int8_quantizes_every_linear_and_the_tied_vocabulary(built, bench, method):
+    folder, report = built(method)
+    layers = report["layers"]
+    blocks = [name for name in layers if any(name.endswith(b) for b in BLOCK_LAYERS)]
+    assert len(blocks) == 4 * bench.cfg.n_layer
+    assert {layers[name] for name in blocks} == {"DynamicQuantizedLinear"}
+    assert layers["model.transformer.wte"] == "Int8TiedEmbedding"
+    assert layers["model.lm_head"] == "Int8TiedHead"
+    # Only the small position table stays fp32.
+    assert [n for n, k in layers.items() if k in ("Linear", "Conv1D", "Embedding")] == [
+        "model.transformer.wpe"]
+    # (pickled module metadata weighs more in a model this tiny than in the demo model)
+    assert size_bytes(folder) < 0.5 * size_bytes(bench.baseline_dir)
+
+
+def test_weight_only_rtn_packs_every_block_layer(built, bench):
+    _, report = built("inc_woq_rtn")
+    layers = report["layers"]
+    for i in range(bench.cfg.n_layer):
+        for b in BLOCK_LAYERS:
+            assert layers[f"model.transformer.h.{i}.{b}"] == "INCWeightOnlyLinear"
+    assert "Conv1D" not in layers.values()
+
+
+@pytest.mark.parametrize("method", ["inc_int8_dynamic", "inc_int8_static"])
+def test_pt2e_quantizes_every_linear_op(built, bench, method):
+    _, report = built(method)
+    layers = report["layers"]
+    # Four per block plus the output head; all read INT8-dequantized inputs.
+    assert layers["linear ops"] == 4 * bench.cfg.n_layer + 1
+    assert layers["linear ops on INT8"] == layers["linear ops"]
+
+
+def test_modelopt_onnx_has_qdq_and_int8_weights(built, bench):
+    folder, report = built("modelopt_int8")
+    assert report["layers"]["INT8 weights folded"] == 4 * bench.cfg.n_layer
+    assert report["layers"]["DequantizeLinear"] > report["layers"]["INT8 weights folded"]
+    graph = onnx.load(str(folder / "model.onnx"))
+    int8 = [i for i in graph.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert len(int8) == 4 * bench.cfg.n_layer
+
+
+def test_structured_pruning_removes_mlp_neurons_to_the_target(built, bench):
+    folder, report = built("prune_structured")
+    assert report["linear_sparsity"] == pytest.approx(bench.cfg.prune_sparsity, abs=0.01)
+    lm, _ = load_lm(folder)
+    inner = lm.module.model.config.n_inner
+    assert inner < 4 * bench.cfg.n_embd
+    assert lm.module.model.transformer.h[0].mlp.c_fc.weight.shape[1] == inner
+
+
+def test_distilled_student_is_smaller_and_uses_the_teacher_tokenizer(built, bench):
+    folder, report = built("distill")
+    assert report["parameter_ratio"] < 0.5
+    lm, tokenizer = load_lm(folder)
+    assert len(tokenizer) == len(bench.tokenizer())
+    assert lm.module.model.config.n_layer == 1 and lm.module.model.config.n_embd == 16
+
+
+def test_tensorrt_is_refused_where_it_cannot_run_with_the_reason(bench, tmp_path):
+    # TensorRT is not a project dependency (GPU images add it), so this worker lacks it.
+    with pytest.raises(BadInput, match=r"compress_methods: tensorrt_int8 needs .*tensorrt"):
+        METHODS["tensorrt_int8"](bench, tmp_path)
+    assert not any(tmp_path.iterdir())
