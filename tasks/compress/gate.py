@@ -38,6 +38,10 @@ class GateVerdict:
     def to_dict(self) -> dict:
         return asdict(self) | {"reasons": list(self.reasons)}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> GateVerdict:
+        return cls(**data | {"reasons": tuple(data["reasons"])})
+
 
 def passes_compression_gate(baseline: Measurement, candidate: Measurement,
                             budget: CompressionBudget) -> GateVerdict:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from tasks.compress.gate import (
     CompressionBudget,
+    GateVerdict,
     Measurement,
     choose,
     passes_compression_gate,
@@ -95,7 +96,7 @@ def _teacher(ctx: StageContext, client, name: str) -> Path | None:
 
 
 def _outcome(cfg: LifecycleConfig, candidates: list[dict[str, Any]]) -> tuple[str | None, str]:
-    scored = [(c["method"], Measurement(**c["measurement"]), _verdict(c))
+    scored = [(c["method"], Measurement(**c["measurement"]), GateVerdict.from_dict(c["verdict"]))
               for c in candidates if "verdict" in c]
     best = choose(scored, cfg.compress_policy)
     if best is not None:
@@ -105,14 +106,6 @@ def _outcome(cfg: LifecycleConfig, candidates: list[dict[str, Any]]) -> tuple[st
                                                    if r.startswith("FAIL")))
                     for c in candidates)
     return None, f"no candidate passed the gate, keeping the uncompressed model ({why})"
-
-
-def _verdict(c: dict[str, Any]):
-    from tasks.compress.gate import GateVerdict
-
-    v = c["verdict"]
-    return GateVerdict(passed=v["passed"], quality_loss=v["quality_loss"], speedup=v["speedup"],
-                       size_ratio=v["size_ratio"], reasons=tuple(v["reasons"]))
 
 
 def _candidate(ctx, wb, method, root, pairs, baseline, lineage, base_version,
