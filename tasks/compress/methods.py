@@ -101,7 +101,8 @@ def _save(out: Path, fmt: str, tokenizer, n_positions: int, **extra: Any) -> Non
     write_manifest(out, fmt, n_positions, **extra)
 
 
-def _save_torch(module: torch.nn.Module, wb: Workbench, out: Path, method: str) -> Report:
+def save_torch(module: torch.nn.Module, wb: Workbench, out: Path, method: str) -> Report:
+    """Write an eager module (LogitsOf signature) as a `torch` format model folder."""
     torch.save(module, out / "model.pt")
     _save(out, "torch", wb.tokenizer(), wb.cfg.block_size, method=method)
     return {"layers": layer_inventory(module)}
@@ -119,7 +120,7 @@ def _dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
 def torch_int8_dynamic(wb: Workbench, out: Path) -> Report:
     """torch.ao dynamic INT8: the baseline a PyTorch user reaches for first."""
     model = _dynamic_int8(conv1d_to_linear(wb.model()))
-    return _save_torch(LogitsOf(model), wb, out, "torch_int8_dynamic")
+    return save_torch(LogitsOf(model), wb, out, "torch_int8_dynamic")
 
 
 def qat_int8(wb: Workbench, out: Path) -> Report:
@@ -143,7 +144,7 @@ def qat_int8(wb: Workbench, out: Path) -> Report:
                 linear.load_state_dict({"weight": child.weight, "bias": child.bias})
                 setattr(module, name, linear)
     model = _dynamic_int8(model)
-    report = _save_torch(LogitsOf(model), wb, out, "qat_int8")
+    report = save_torch(LogitsOf(model), wb, out, "qat_int8")
     return report | {"finetune_steps": wb.cfg.finetune_steps}
 
 
@@ -192,7 +193,7 @@ def inc_woq_rtn(wb: Workbench, out: Path) -> Report:
     model = convert(prepare(wb.model(), RTNConfig(bits=wb.cfg.woq_bits,
                                                   group_size=wb.cfg.woq_group_size)))
     del model.save  # INC binds its own save method; the artifact is the pickled module
-    return _save_torch(LogitsOf(model), wb, out, "inc_woq_rtn") | {"bits": wb.cfg.woq_bits}
+    return save_torch(LogitsOf(model), wb, out, "inc_woq_rtn") | {"bits": wb.cfg.woq_bits}
 
 
 def modelopt_int8(wb: Workbench, out: Path) -> Report:

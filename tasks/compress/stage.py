@@ -131,47 +131,56 @@ def _candidate(ctx, wb, method, root, pairs, baseline, lineage, base_version,
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    import mlflow
-
     cfg = ctx.config
     reg = ctx.input("register")
     name, base_version = reg["model_name"], reg["version"]
     passthrough = {"model_name": name, "version": base_version, "model_uri": reg["model_uri"],
                    "alias": CHALLENGER, "baseline_version": base_version, "method": "none"}
-    if not cfg.compress_methods:
-        return passthrough | {"candidates": [], "reason": "compression off (no methods)"}
+    with stage_run(ctx) as run_:
+        if not cfg.compress_methods:
+            reason = "compression off (no methods configured)"
+            run_.set_tags({"aigc.compress.selected": "none", "aigc.compress.outcome": reason},
+                          parent=True)
+            return passthrough | {"candidates": [], "reason": reason}
+        outcome = _compress(ctx, run_, name, base_version, reg["model_uri"])
+    log.info("challenger is version %s: %s", outcome["version"], outcome["reason"])
+    return passthrough | outcome
+
+
+def _compress(ctx: StageContext, run_, name: str, base_version: str, base_uri: str,
+              ) -> dict[str, Any]:
+    import mlflow
+
+    cfg = ctx.config
     splits = ctx.input("preprocess")["splits"]
     held_out = pd.read_parquet(splits["validation"])
     pairs = list(held_out[["prompt", "response"]].itertuples(index=False, name=None))
     root = ctx.stage_dir / "candidates"
-    with stage_run(ctx) as run_:
-        client = mlflow.MlflowClient()
-        base_dir = model_dir_of(reg["model_uri"])
-        lineage = {k: v for k, v in client.get_model_version(name, base_version).tags.items()
-                   if k == "aigc.dataset_hash"}
-        wb = Workbench(cfg, base_dir, pd.read_parquet(splits["train"]),
-                       teacher_dir=_teacher(ctx, client, name))
-        baseline = Measurement(**_cached(root / "baseline.measurement.json", lambda: measure(
-            base_dir, pairs, cfg.latency_batch).to_dict()))
-        candidates = [_candidate(ctx, wb, method, root, pairs, baseline, lineage, base_version)
-                      for method in cfg.compress_methods]
-        best, reason = _outcome(cfg, candidates)
-        chosen = next((c for c in candidates if c["method"] == best), None)
-        version_ = chosen["version"] if chosen else base_version
-        client.set_registered_model_alias(name, CHALLENGER, version_)
-        client.set_model_version_tag(name, base_version, "aigc.compress.outcome", reason[:4900])
-        run_.log_metrics({f"{c['method']}.{k}": v for c in candidates if "verdict" in c
-                          for k, v in (c["measurement"] | {
-                              "speedup": c["verdict"]["speedup"],
-                              "size_ratio": c["verdict"]["size_ratio"],
-                              "quality_loss": c["verdict"]["quality_loss"]}).items()})
-        run_.set_tags({"aigc.compress.selected": best or "none",
-                       "aigc.compress.outcome": reason[:4900]}, parent=True)
-        table = write_json(ctx.stage_dir / "compression.json",
-                           {"baseline": baseline.to_dict(), "candidates": candidates,
-                            "selected": best, "reason": reason})
-        run_.log_artifact(table)
-    log.info("challenger is version %s: %s", version_, reason)
-    return passthrough | {"version": version_, "model_uri": f"models:/{name}/{version_}",
-                          "method": best or "none", "baseline": baseline.to_dict(),
-                          "candidates": candidates, "reason": reason}
+    client = mlflow.MlflowClient()
+    base_dir = model_dir_of(base_uri)
+    lineage = {k: v for k, v in client.get_model_version(name, base_version).tags.items()
+               if k == "aigc.dataset_hash"}
+    wb = Workbench(cfg, base_dir, pd.read_parquet(splits["train"]),
+                   teacher_dir=_teacher(ctx, client, name))
+    baseline = Measurement(**_cached(root / "baseline.measurement.json", lambda: measure(
+        base_dir, pairs, cfg.latency_batch).to_dict()))
+    candidates = [_candidate(ctx, wb, method, root, pairs, baseline, lineage, base_version)
+                  for method in cfg.compress_methods]
+    best, reason = _outcome(cfg, candidates)
+    chosen = next((c for c in candidates if c["method"] == best), None)
+    version_ = chosen["version"] if chosen else base_version
+    client.set_registered_model_alias(name, CHALLENGER, version_)
+    client.set_model_version_tag(name, base_version, "aigc.compress.outcome", reason[:4900])
+    run_.log_metrics({f"{c['method']}.{k}": v for c in candidates if "verdict" in c
+                      for k, v in (c["measurement"] | {
+                          "speedup": c["verdict"]["speedup"],
+                          "size_ratio": c["verdict"]["size_ratio"],
+                          "quality_loss": c["verdict"]["quality_loss"]}).items()})
+    run_.set_tags({"aigc.compress.selected": best or "none",
+                   "aigc.compress.outcome": reason[:4900]}, parent=True)
+    run_.log_artifact(write_json(ctx.stage_dir / "compression.json",
+                                 {"baseline": baseline.to_dict(), "candidates": candidates,
+                                  "selected": best, "reason": reason}))
+    return {"version": version_, "model_uri": f"models:/{name}/{version_}",
+            "method": best or "none", "baseline": baseline.to_dict(),
+            "candidates": candidates, "reason": reason}

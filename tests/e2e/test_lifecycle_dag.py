@@ -10,11 +10,18 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from tasks.stage import safe_name
 from tests.conftest import TINY, write_dataset
 from tests.e2e.airflow_env import airflow_env, dag_test, migrate, runs
 
 pytestmark = pytest.mark.e2e
-STAGES = ["ingest", "validate", "preprocess", "train", "register", "evaluate", "promote"]
+STAGES = ["ingest", "validate", "preprocess", "train", "register", "compress", "evaluate",
+          "promote"]
+# Compression on in run 1 with a gate every candidate passes, so the choice is the policy's.
+COMPRESS_ON = {"compress_methods": ["torch_int8_dynamic", "modelopt_int8", "prune_structured"],
+               "compress_policy": "smallest", "finetune_steps": 10,
+               "compress_max_quality_loss": 1.0, "compress_min_speedup": 0.0,
+               "compress_max_size_ratio": 10.0}
 
 
 @pytest.fixture(scope="module")
@@ -36,23 +43,39 @@ def _summary(env) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, check=False)
 
 
+def _compress_result(env, dag_run: dict) -> dict:
+    run_dir = Path(env["AIGC_HOME"]) / "artifacts" / "aigc_lifecycle" / safe_name(
+        dag_run["run_id"])
+    return json.loads((run_dir / "compress" / "result.json").read_text())
+
+
 def test_two_runs_second_compares_against_first_champion(env):
-    """Run 1 trains with Horovod, run 2 with DDP (2 local workers each)."""
-    first = dag_test(env, TINY | {"launcher": "horovod", "workers": 2})
+    """Run 1 trains with Horovod and compresses; run 2 trains with DDP, no compression."""
+    first = dag_test(env, TINY | {"launcher": "horovod", "workers": 2} | COMPRESS_ON)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     summary = _summary(env)
     assert summary.returncode == 0, summary.stdout
-    assert "promote: promoted version 1; champion is 1" in summary.stdout
+    compressed = _compress_result(env, runs(env)[0])
+    chosen = compressed["version"]
+    smallest = min(compressed["candidates"], key=lambda c: c["measurement"]["size_bytes"])
+    assert compressed["method"] == smallest["method"] and chosen == smallest["version"]
+    assert f"compress: challenger is version {chosen} ({smallest['method']})" in summary.stdout
+    assert f"promote: promoted version {chosen}; champion is {chosen}" in summary.stdout
     client = _client(env)
-    assert str(client.get_model_version_by_alias("aigc-gpt2", "champion").version) == "1"
+    champion = client.get_model_version_by_alias("aigc-gpt2", "champion")
+    assert str(champion.version) == chosen
+    assert champion.tags["aigc.compress.method"] == smallest["method"]
+    assert champion.tags["aigc.decision"] == "promoted"
 
-    second = dag_test(env, TINY | {"seed": 99, "launcher": "ddp", "workers": 2})
+    second = dag_test(env, TINY | {"seed": 99, "launcher": "ddp", "workers": 2,
+                                   "compress_methods": []})
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     summary = _summary(env)
-    assert "champion 1" in summary.stdout  # evaluate compared against the first champion
-    v2 = client.get_model_version("aigc-gpt2", "2")
-    assert v2.tags["aigc.decision"] in ("promoted", "rejected")
-    assert "champion" in v2.tags["aigc.decision_reason"]
+    assert f"champion {chosen}" in summary.stdout  # compared against the first champion
+    latest = max(client.search_model_versions("name = 'aigc-gpt2'"), key=lambda v: int(v.version))
+    assert latest.tags["aigc.role"] == "trained"  # compression off: the trained model itself
+    assert latest.tags["aigc.decision"] in ("promoted", "rejected")
+    assert "champion" in latest.tags["aigc.decision_reason"]
 
     # Lineage is one query: the parent run of each DAG run holds one nested run per stage.
     exp = client.get_experiment_by_name("aigc_lifecycle")
@@ -85,8 +108,8 @@ def test_validation_gate_fails_the_run_and_registers_nothing(env):
     summary = _summary(env)
     assert summary.returncode == 1
     assert "validation: FAILED" in summary.stdout
-    assert "not completed: validate, preprocess, train, register, evaluate, promote" in (
-        summary.stdout)
+    assert ("not completed: validate, preprocess, train, register, compress, evaluate, "
+            "promote") in summary.stdout
     assert _client(env).search_model_versions("name = 'gate-model'") == []
 
 
