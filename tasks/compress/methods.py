@@ -40,6 +40,7 @@ class Workbench:
     baseline_dir: Path
     train_frame: pd.DataFrame
     teacher_dir: Path | None = None  # distillation's teacher when it is not the baseline
+    teacher: str = "challenger"  # what teacher_dir is, for the report
 
     @functools.cached_property
     def train_blocks(self) -> torch.Tensor:
@@ -297,6 +298,7 @@ def distill(wb: Workbench, out: Path) -> Report:
     teacher's temperature-softened logits plus the LM loss, on the teacher's tokenizer."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    teacher_label = wb.teacher
     if wb.teacher_dir is not None:  # the champion: its own tokenizer and token blocks
         wb = Workbench(wb.cfg, wb.teacher_dir, wb.train_frame)
     teacher, tokenizer = wb.model(), wb.tokenizer()
@@ -327,7 +329,7 @@ def distill(wb: Workbench, out: Path) -> Report:
     n_student = sum(p.numel() for p in student.parameters())
     n_teacher = sum(p.numel() for p in teacher.parameters())
     return {"parameters": n_student, "teacher_parameters": n_teacher,
-            "parameter_ratio": n_student / n_teacher, "teacher": str(wb.baseline_dir),
+            "parameter_ratio": n_student / n_teacher, "teacher": teacher_label,
             "steps": cfg.distill_steps}
 
 

@@ -85,14 +85,16 @@ def _tags(method: str, base_version: str, m: Measurement, verdict, report, linea
     }
 
 
-def _teacher(ctx: StageContext, client, name: str) -> Path | None:
+def _teacher(ctx: StageContext, client, name: str) -> dict[str, Any]:
+    """Workbench fields naming distillation's teacher: the champion when asked and present."""
     if "distill" not in ctx.config.compress_methods or ctx.config.distill_teacher != "champion":
-        return None
+        return {}
     version_ = champion_version(client, name)
     if version_ is None:
         log.info("no champion yet: the challenger teaches the student")
-        return None
-    return model_dir_of(f"models:/{name}/{version_}")
+        return {"teacher": "challenger (no champion yet)"}
+    return {"teacher_dir": model_dir_of(f"models:/{name}/{version_}"),
+            "teacher": f"champion version {version_}"}
 
 
 def _outcome(cfg: LifecycleConfig, candidates: list[dict[str, Any]]) -> tuple[str | None, str]:
@@ -161,7 +163,7 @@ def _compress(ctx: StageContext, run_, name: str, base_version: str, base_uri: s
     lineage = {k: v for k, v in client.get_model_version(name, base_version).tags.items()
                if k == "aigc.dataset_hash"}
     wb = Workbench(cfg, base_dir, pd.read_parquet(splits["train"]),
-                   teacher_dir=_teacher(ctx, client, name))
+                   **_teacher(ctx, client, name))
     baseline = Measurement(**_cached(root / "baseline.measurement.json", lambda: measure(
         base_dir, pairs, cfg.latency_batch).to_dict()))
     candidates = [_candidate(ctx, wb, method, root, pairs, baseline, lineage, base_version)

@@ -100,3 +100,14 @@ def test_a_method_that_cannot_run_here_fails_the_stage_and_moves_nothing(home, t
     with pytest.raises(BadInput, match="tensorrt_int8"):
         run_stage(ctx)
     assert _alias(reg["model_name"]) == reg["version"]
+
+
+def test_distillation_can_take_the_champion_as_teacher(home, trained):
+    first = register.run(_ctx(home, trained, "register", "run-champ", {}))
+    mlflow.MlflowClient().set_registered_model_alias(first["model_name"], "champion",
+                                                     first["version"])
+    result = _compress(home, trained, "run-student", compress_methods=["distill"],
+                       distill_teacher="champion", **LENIENT)
+    report = result["candidates"][0]["report"]
+    assert report["teacher"] == f"champion version {first['version']}"
+    assert report["parameter_ratio"] < 0.5

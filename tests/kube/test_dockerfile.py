@@ -23,3 +23,9 @@ def test_every_copied_path_exists():
     for src in re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE, re.M):
         for path in src.split():
             assert (PROJECT_ROOT / path).exists(), path
+
+
+def test_compression_stack_is_installed_and_imported_at_build():
+    assert "pip install -r requirements.txt" in DOCKERFILE
+    assert "tasks.compress.stage" in DOCKERFILE  # INC / ModelOpt / onnxruntime import there
+    assert 'ARG TENSORRT=""' in DOCKERFILE  # opt-in on CUDA bases only
