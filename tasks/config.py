@@ -13,7 +13,7 @@ from tasks.errors import ConfigError
 
 # Compression methods by name (tasks.compress.methods.METHODS implements each).
 COMPRESSION_METHODS = ("torch_int8_dynamic", "inc_int8_dynamic", "inc_int8_static",
-                       "inc_woq_rtn", "qat_int8", "modelopt_int8", "tensorrt_int8",
+                       "inc_woq_rtn", "inc_woq_gptq", "qat_int8", "modelopt_int8", "tensorrt_int8",
                        "prune_structured", "distill")
 DEFAULT_COMPRESSION = ("torch_int8_dynamic", "inc_woq_rtn", "modelopt_int8", "prune_structured")
 

@@ -31,11 +31,12 @@ def conv1d_to_linear(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-class Int8TiedEmbedding(torch.nn.Module):
-    """Token embedding and tied output head sharing one INT8 matrix with per-row scales.
+class Int8Embedding(torch.nn.Module):
+    """An embedding table as INT8 rows with per-row scales (weight-only: lookups dequantize).
 
-    In a small model the vocabulary matrix is a large share of the bytes; quantizing the
-    embedding and the head separately would store it twice."""
+    For the token table the tied output head reads the same matrix (Int8TiedHead): in a small
+    model the vocabulary matrix is a large share of the bytes, and quantizing the embedding
+    and the head separately would store it twice."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -53,7 +54,7 @@ class Int8TiedEmbedding(torch.nn.Module):
 class Int8TiedHead(torch.nn.Module):
     """The output projection reading the same INT8 matrix as the embedding."""
 
-    def __init__(self, embedding: Int8TiedEmbedding) -> None:
+    def __init__(self, embedding: Int8Embedding) -> None:
         super().__init__()
         self.embedding = embedding
 
@@ -61,11 +62,12 @@ class Int8TiedHead(torch.nn.Module):
         return torch.nn.functional.linear(hidden, self.embedding.dequantized())
 
 
-def quantize_tied_embedding(model: torch.nn.Module) -> torch.nn.Module:
-    """Swap a GPT-2's tied wte/lm_head for one INT8 matrix (in place)."""
-    embedding = Int8TiedEmbedding(model.transformer.wte.weight.detach())
+def quantize_embeddings(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap a GPT-2's tied wte/lm_head for one INT8 matrix, and wpe for INT8 rows (in place)."""
+    embedding = Int8Embedding(model.transformer.wte.weight.detach())
     model.transformer.wte = embedding
     model.lm_head = Int8TiedHead(embedding)
+    model.transformer.wpe = Int8Embedding(model.transformer.wpe.weight.detach())
     return model
 
 

@@ -8,11 +8,16 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class Measurement:
-    """What was measured of one model: held-out quality, serialized size, CPU latency."""
+    """What was measured of one model: held-out quality, serialized size, CPU latency.
 
+    `tokenizer` fingerprints the vocabulary: token perplexities are comparable only between
+    models that share it (a student distilled from the champion may not)."""
+
+    perplexity: float
     char_perplexity: float
     size_bytes: int
     latency_ms: float
+    tokenizer: str
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -46,13 +51,19 @@ class GateVerdict:
 def passes_compression_gate(baseline: Measurement, candidate: Measurement,
                             budget: CompressionBudget) -> GateVerdict:
     """Pass only if quality stays within budget and the candidate is as fast and as small as
-    the budget demands. Reasons list every check, failed ones first."""
-    loss = candidate.char_perplexity / baseline.char_perplexity - 1
+    the budget demands. Reasons list every check, failed ones first.
+
+    Quality is held-out token perplexity, or per-character perplexity when the candidate's
+    tokenizer differs from the baseline's (then tokens are not the same unit)."""
+    same_vocab = candidate.tokenizer == baseline.tokenizer
+    unit = "perplexity" if same_vocab else "char perplexity"
+    loss = (candidate.perplexity / baseline.perplexity if same_vocab
+            else candidate.char_perplexity / baseline.char_perplexity) - 1
     speedup = baseline.latency_ms / candidate.latency_ms
     ratio = candidate.size_bytes / baseline.size_bytes
     checks = [
         (loss <= budget.max_quality_loss,
-         f"quality loss {loss:+.2%} vs max {budget.max_quality_loss:.2%}"),
+         f"quality loss {loss:+.2%} vs max {budget.max_quality_loss:.2%} ({unit})"),
         (speedup >= budget.min_speedup,
          f"speed-up {speedup:.2f}x vs min {budget.min_speedup:.2f}x"),
         (ratio <= budget.max_size_ratio,

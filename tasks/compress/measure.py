@@ -3,6 +3,8 @@ for the baseline and every candidate, whatever its format."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -38,8 +40,16 @@ def latency_ms(lm: CausalLM, batch: int, repeats: int = 20, seed: int = 0) -> fl
     return statistics.median(times)
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the vocabulary and merges: equal iff token ids mean the same strings."""
+    state = tokenizer.backend_tokenizer.to_str()
+    model = json.loads(state)["model"]
+    return hashlib.sha256(json.dumps(model, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def measure(model_dir: Path, pairs: Sequence[tuple[str, str]], batch: int) -> Measurement:
     lm, tokenizer = load_lm(model_dir)
     lik = likelihood(lm, tokenizer, pairs)
-    return Measurement(char_perplexity=lik.char_perplexity, size_bytes=size_bytes(model_dir),
-                       latency_ms=latency_ms(lm, batch))
+    return Measurement(perplexity=lik.perplexity, char_perplexity=lik.char_perplexity,
+                       size_bytes=size_bytes(model_dir), latency_ms=latency_ms(lm, batch),
+                       tokenizer=tokenizer_fingerprint(tokenizer))

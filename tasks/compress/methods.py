@@ -19,7 +19,7 @@ from tasks.compress.convert import (
     conv1d_to_linear,
     fold_weight_quantizers,
     layer_inventory,
-    quantize_tied_embedding,
+    quantize_embeddings,
 )
 from tasks.config import LifecycleConfig
 from tasks.errors import BadInput
@@ -97,7 +97,8 @@ def fine_tune(model: torch.nn.Module, wb: Workbench, steps: int, peak_lr: float,
     model.eval()
 
 
-def _save(out: Path, fmt: str, tokenizer, n_positions: int, **extra: Any) -> None:
+def save_meta(out: Path, fmt: str, tokenizer, n_positions: int, **extra: Any) -> None:
+    """The tokenizer and manifest that make `out` a model folder of format `fmt`."""
     tokenizer.save_pretrained(str(out))
     write_manifest(out, fmt, n_positions, **extra)
 
@@ -105,16 +106,16 @@ def _save(out: Path, fmt: str, tokenizer, n_positions: int, **extra: Any) -> Non
 def save_torch(module: torch.nn.Module, wb: Workbench, out: Path, method: str) -> Report:
     """Write an eager module (LogitsOf signature) as a `torch` format model folder."""
     torch.save(module, out / "model.pt")
-    _save(out, "torch", wb.tokenizer(), wb.cfg.block_size, method=method)
+    save_meta(out, "torch", wb.tokenizer(), wb.cfg.block_size, method=method)
     return {"layers": layer_inventory(module)}
 
 
 def _dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """INT8 weights (per-row scales for the tied vocabulary matrix, per-tensor for Linear)
-    with activations quantized on the fly."""
+    """INT8 weights (per-row scales for the embedding tables and the tied head, per-tensor for
+    Linear) with activations quantized on the fly: no fp32 weight matrix is left."""
     from torch.ao.quantization import quantize_dynamic
 
-    quantize_tied_embedding(model)
+    quantize_embeddings(model)
     return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
@@ -131,8 +132,8 @@ def qat_int8(wb: Workbench, out: Path) -> Report:
     from torch.ao.quantization import default_dynamic_qat_qconfig, prepare_qat
 
     model = conv1d_to_linear(wb.model())
-    # The tied vocabulary matrix stays fp32 while training (the head must keep its tie)
-    # and is quantized with the rest at the end.
+    # The embedding tables stay fp32 while training (the head must keep its tie) and are
+    # quantized with the rest at the end.
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module is not model.lm_head:
             module.qconfig = default_dynamic_qat_qconfig
@@ -167,7 +168,7 @@ def _pt2e(wb: Workbench, out: Path, quant_config, calibrate: bool, method: str) 
         quantized = convert(prepared)
     program = torch.export.export(quantized, example, dynamic_shapes=dims)
     torch.export.save(program, str(out / "model.pt2"))
-    _save(out, "pt2", wb.tokenizer(), wb.cfg.block_size, method=method)
+    save_meta(out, "pt2", wb.tokenizer(), wb.cfg.block_size, method=method)
     linears = [n for n in quantized.graph.nodes if n.op == "call_function"
                and "linear" in str(n.target)]
     quantized_inputs = sum(1 for n in linears if any("dequantize" in str(a.target)
@@ -197,6 +198,35 @@ def inc_woq_rtn(wb: Workbench, out: Path) -> Report:
     return save_torch(LogitsOf(model), wb, out, "inc_woq_rtn") | {"bits": wb.cfg.woq_bits}
 
 
+def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> None:
+    """ONNX with dynamic batch and length. The TorchScript exporter is the one that turns
+    ModelOpt's quantizers into QuantizeLinear/DequantizeLinear pairs."""
+    axes = {name: {0: "batch", 1: "length"} for name in (*INPUT_NAMES, "logits")}
+    torch.onnx.export(module, example, str(path), input_names=list(INPUT_NAMES),
+                      output_names=["logits"], dynamic_axes=axes, opset_version=17,
+                      dynamo=False)
+
+
+def inc_woq_gptq(wb: Workbench, out: Path) -> Report:
+    """INC weight-only GPTQ: rounding that compensates each column's error on calibration
+    activations (training batches)."""
+    from neural_compressor.torch.quantization import GPTQConfig, convert, prepare
+
+    # model_path: INC resolves it even when not quantizing layer by layer; a local folder
+    # keeps it from asking a model hub.
+    config = GPTQConfig(bits=wb.cfg.woq_bits, group_size=wb.cfg.woq_group_size,
+                        model_path=str(wb.baseline_dir))
+    # INC's GPTQ mis-shapes the scales of transformers Conv1D (measured: a shape error at
+    # convert); as nn.Linear the same weights quantize cleanly.
+    model = prepare(conv1d_to_linear(wb.model()), config)
+    with torch.no_grad():
+        for chunk in wb.calibration():
+            model(input_ids=chunk)
+    model = convert(model)
+    del model.save  # as for RTN: the artifact is the pickled module
+    return save_torch(LogitsOf(model), wb, out, "inc_woq_gptq") | {"bits": wb.cfg.woq_bits}
+
+
 def modelopt_int8(wb: Workbench, out: Path) -> Report:
     """NVIDIA ModelOpt INT8 calibration, exported to ONNX with Q/DQ nodes (weights folded to
     INT8) and checked numerically with onnxruntime against the fake-quantized model. The same
@@ -218,11 +248,7 @@ def modelopt_int8(wb: Workbench, out: Path) -> Report:
         example = wb.example()
         reference = module(*example).numpy()
     path = out / "model.onnx"
-    axes = {name: {0: "batch", 1: "length"} for name in INPUT_NAMES}
-    torch.onnx.export(module, example, str(path), input_names=list(INPUT_NAMES),
-                      output_names=["logits"], dynamic_axes=axes | {"logits": {0: "batch",
-                                                                              1: "length"}},
-                      opset_version=17, dynamo=False)
+    export_onnx(module, example, path)
     graph = onnx.load(str(path))
     folded = fold_weight_quantizers(graph)
     onnx.save(graph, str(path))
@@ -232,7 +258,7 @@ def modelopt_int8(wb: Workbench, out: Path) -> Report:
     if error > 0.05 * float(np.abs(reference).max()):
         raise RuntimeError(f"modelopt_int8: onnxruntime disagrees with the fake-quantized "
                            f"model (max abs error {error:.4g})")
-    _save(out, "onnx", wb.tokenizer(), wb.cfg.block_size, method="modelopt_int8")
+    save_meta(out, "onnx", wb.tokenizer(), wb.cfg.block_size, method="modelopt_int8")
     ops = [n.op_type for n in graph.graph.node]
     return {"layers": {"QuantizeLinear": ops.count("QuantizeLinear"),
                        "DequantizeLinear": ops.count("DequantizeLinear"),
@@ -286,7 +312,7 @@ def prune_structured(wb: Workbench, out: Path) -> Report:
     cfg.n_inner = keep
     fine_tune(model, wb, wb.cfg.finetune_steps, wb.cfg.learning_rate * 0.3)
     model.save_pretrained(str(out))
-    _save(out, "hf", wb.tokenizer(), wb.cfg.block_size, method="prune_structured")
+    save_meta(out, "hf", wb.tokenizer(), wb.cfg.block_size, method="prune_structured")
     return {"mlp_neurons": f"{keep}/{inner}", "linear_sparsity": drop * removed_per_neuron
             * len(model.transformer.h) / (block_weights * len(model.transformer.h)),
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -325,7 +351,7 @@ def distill(wb: Workbench, out: Path) -> Report:
 
     fine_tune(student, wb, cfg.distill_steps, cfg.learning_rate, loss_fn)
     student.save_pretrained(str(out))
-    _save(out, "hf", tokenizer, cfg.block_size, method="distill")
+    save_meta(out, "hf", tokenizer, cfg.block_size, method="distill")
     n_student = sum(p.numel() for p in student.parameters())
     n_teacher = sum(p.numel() for p in teacher.parameters())
     return {"parameters": n_student, "teacher_parameters": n_teacher,
@@ -338,6 +364,7 @@ METHODS: dict[str, Callable[[Workbench, Path], Report]] = {
     "inc_int8_dynamic": inc_int8_dynamic,
     "inc_int8_static": inc_int8_static,
     "inc_woq_rtn": inc_woq_rtn,
+    "inc_woq_gptq": inc_woq_gptq,
     "qat_int8": qat_int8,
     "modelopt_int8": modelopt_int8,
     "tensorrt_int8": tensorrt_int8,

@@ -66,7 +66,7 @@ def build(wb: Workbench, method: str, root: Path) -> tuple[Path, dict[str, Any]]
 def _requirements(method: str, model_dir: Path) -> tuple[str, ...]:
     extra = FORMAT_REQUIREMENTS[manifest(model_dir)["format"]]
     # INC's weight-only layers are INC classes: unpickling them imports the package.
-    return (*extra, "neural-compressor-pt") if method == "inc_woq_rtn" else extra
+    return (*extra, "neural-compressor-pt") if method.startswith("inc_woq") else extra
 
 
 def _tags(method: str, base_version: str, m: Measurement, verdict, report, lineage,
@@ -75,6 +75,7 @@ def _tags(method: str, base_version: str, m: Measurement, verdict, report, linea
         "aigc.compress.method": method, "aigc.compress.base_version": base_version,
         "aigc.compress.size_bytes": m.size_bytes,
         "aigc.compress.latency_ms": f"{m.latency_ms:.4g}",
+        "aigc.compress.perplexity": f"{m.perplexity:.6g}",
         "aigc.compress.char_perplexity": f"{m.char_perplexity:.6g}",
         "aigc.compress.quality_loss": f"{verdict.quality_loss:.4g}",
         "aigc.compress.speedup": f"{verdict.speedup:.4g}",
@@ -177,7 +178,8 @@ def _compress(ctx: StageContext, run_, name: str, base_version: str, base_uri: s
                       for k, v in (c["measurement"] | {
                           "speedup": c["verdict"]["speedup"],
                           "size_ratio": c["verdict"]["size_ratio"],
-                          "quality_loss": c["verdict"]["quality_loss"]}).items()})
+                          "quality_loss": c["verdict"]["quality_loss"]}).items()
+                      if isinstance(v, int | float)})
     run_.set_tags({"aigc.compress.selected": best or "none",
                    "aigc.compress.outcome": reason[:4900]}, parent=True)
     run_.log_artifact(write_json(ctx.stage_dir / "compression.json",

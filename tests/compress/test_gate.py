@@ -10,12 +10,14 @@ from tasks.compress.gate import (
     passes_compression_gate,
 )
 
-BASE = Measurement(char_perplexity=10.0, size_bytes=1000, latency_ms=20.0)
+BASE = Measurement(perplexity=10.0, char_perplexity=2.0, size_bytes=1000, latency_ms=20.0,
+                   tokenizer="vocab-a")
 BUDGET = CompressionBudget(max_quality_loss=0.01, min_speedup=1.5, max_size_ratio=0.5)
 
 
 def _gate(**change) -> GateVerdict:
-    fields = {"char_perplexity": 10.05, "size_bytes": 400, "latency_ms": 10.0} | change
+    fields = {"perplexity": 10.05, "char_perplexity": 2.0, "size_bytes": 400,
+              "latency_ms": 10.0, "tokenizer": "vocab-a"} | change
     return passes_compression_gate(BASE, Measurement(**fields), BUDGET)
 
 
@@ -29,7 +31,7 @@ def test_a_candidate_within_every_threshold_passes():
 
 
 @pytest.mark.parametrize(("field", "inside", "outside", "label"), [
-    ("char_perplexity", 10.099, 10.101, "quality loss"),
+    ("perplexity", 10.099, 10.101, "quality loss"),
     ("latency_ms", 13.33, 13.34, "speed-up"),
     ("size_bytes", 500, 501, "size ratio"),
 ])
@@ -42,11 +44,20 @@ def test_each_threshold_decides_on_its_edge(field, inside, outside, label):
 
 
 def test_better_quality_than_the_baseline_is_no_loss():
-    assert _gate(char_perplexity=9.0).quality_loss < 0 and _gate(char_perplexity=9.0).passed
+    assert _gate(perplexity=9.0).quality_loss < 0 and _gate(perplexity=9.0).passed
+
+
+def test_another_vocabulary_is_judged_per_character():
+    # Token perplexity 30 would be a 200% loss, but tokens differ: 2.019 chars is +0.95%.
+    verdict = _gate(tokenizer="vocab-b", perplexity=30.0, char_perplexity=2.019)
+    assert verdict.passed and verdict.quality_loss == pytest.approx(0.0095)
+    assert verdict.reasons[0].endswith("(char perplexity)")
+    assert not _gate(tokenizer="vocab-b", perplexity=10.0, char_perplexity=2.021).passed
 
 
 def _candidate(name, size, latency, ppl=10.0, passed=True):
-    m = Measurement(char_perplexity=ppl, size_bytes=size, latency_ms=latency)
+    m = Measurement(perplexity=ppl, char_perplexity=ppl / 5, size_bytes=size,
+                    latency_ms=latency, tokenizer="vocab-a")
     return name, m, GateVerdict(passed, 0, 0, 0, ())
 
 

@@ -72,23 +72,22 @@ def test_artifact_loads_back_and_generates(built, bench, held_out, method):
 
 
 @pytest.mark.parametrize("method", ["torch_int8_dynamic", "qat_int8"])
-def test_dynamic_int8_quantizes_every_linear_and_the_tied_vocabulary(built, bench, method):
+def test_dynamic_int8_quantizes_every_linear_and_both_embeddings(built, bench, method):
     folder, report = built(method)
     layers = report["layers"]
     blocks = [name for name in layers if any(name.endswith(b) for b in BLOCK_LAYERS)]
     assert len(blocks) == 4 * bench.cfg.n_layer
     assert {layers[name] for name in blocks} == {"DynamicQuantizedLinear"}
-    assert layers["model.transformer.wte"] == "Int8TiedEmbedding"
+    assert layers["model.transformer.wte"] == layers["model.transformer.wpe"] == "Int8Embedding"
     assert layers["model.lm_head"] == "Int8TiedHead"
-    # Only the small position table stays fp32.
-    assert [n for n, k in layers.items() if k in ("Linear", "Conv1D", "Embedding")] == [
-        "model.transformer.wpe"]
+    assert not [n for n, k in layers.items() if k in ("Linear", "Conv1D", "Embedding")]
     # (pickled module metadata weighs more in a model this tiny than in the demo model)
     assert size_bytes(folder) < 0.5 * size_bytes(bench.baseline_dir)
 
 
-def test_weight_only_rtn_packs_every_block_layer(built, bench):
-    _, report = built("inc_woq_rtn")
+@pytest.mark.parametrize("method", ["inc_woq_rtn", "inc_woq_gptq"])
+def test_weight_only_packs_every_block_layer(built, bench, method):
+    _, report = built(method)
     layers = report["layers"]
     for i in range(bench.cfg.n_layer):
         for b in BLOCK_LAYERS:
