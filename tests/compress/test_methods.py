@@ -135,3 +135,28 @@ def test_tensorrt_is_refused_where_it_cannot_run_with_the_reason(bench, tmp_path
     with pytest.raises(BadInput, match=r"compress_methods: tensorrt_int8 needs .*tensorrt"):
         METHODS["tensorrt_int8"](bench, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+QUANTIZERS = ["torch_int8_dynamic", "inc_int8_dynamic", "inc_int8_static", "inc_woq_rtn",
+              "inc_woq_gptq", "qat_int8", "modelopt_int8"]
+
+
+@pytest.mark.parametrize("method", QUANTIZERS)
+def test_quantized_logits_track_the_baseline_on_other_shapes_and_padding(built, bench,
+                                                                        method):
+    """Exported graphs (ONNX, torch.export) were traced at one shape: they must still be the
+    same function at other batch sizes, lengths and left padding."""
+    folder, _ = built(method)
+    baseline, _ = load_lm(bench.baseline_dir)
+    quantized, _ = load_lm(folder)
+    g = torch.Generator().manual_seed(0)
+    for batch, length, pad in [(3, 10, 4), (1, 5, 0), (5, bench.cfg.block_size, 9)]:
+        ids = torch.randint(3, 300, (batch, length), generator=g)
+        mask = torch.ones_like(ids)
+        mask[0, :pad] = 0
+        keep = mask.bool()
+        want, got = baseline.logits(ids, mask)[keep], quantized.logits(ids, mask)[keep]
+        assert got.shape == want.shape
+        # QAT fine-tunes, so it drifts further from the baseline than post-training methods.
+        limit = 0.25 if method == "qat_int8" else 0.1
+        assert (got - want).abs().max() <= limit * want.abs().max(), (batch, length, pad)

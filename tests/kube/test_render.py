@@ -34,9 +34,9 @@ SETTINGS = {
 RUN_ID = "scheduled__2026-11-23T00:00:00+00:00-with-a-very-long-suffix-that-exceeds-label-limits"
 
 
-def _ctx(tmp_path, **overrides) -> StageContext:
+def _ctx(tmp_path, stage="train", **overrides) -> StageContext:
     cfg = LifecycleConfig.from_dict(TINY | {"compute_target": "kubernetes"} | overrides)
-    return StageContext(stage="train", dag_id="aigc_lifecycle", run_id=RUN_ID, config=cfg,
+    return StageContext(stage=stage, dag_id="aigc_lifecycle", run_id=RUN_ID, config=cfg,
                         settings=isolated_settings(tmp_path))
 
 
@@ -72,6 +72,20 @@ def test_pod_renders_and_validates_strictly(tmp_path, name, launcher):
     assert mount["mountPath"] == str(ctx.settings.artifact_root)
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["AIGC_ARTIFACT_ROOT"] == str(ctx.settings.artifact_root)
+
+
+def test_compress_runs_as_a_gpu_pod_with_its_own_command(tmp_path):
+    """TensorRT needs a GPU: the compress stage is a pod stage too, with the same settings."""
+    from aigc_airflow.stages import POD_STAGES
+
+    assert "compress" in POD_STAGES
+    ctx = _ctx(tmp_path, stage="compress", compress_methods=["modelopt_int8", "tensorrt_int8"])
+    obj = _render_pod(ctx, SETTINGS["one-gpu"])
+    _validate_core(obj)
+    container = obj["spec"]["containers"][0]
+    assert container["command"] == stage_argv("compress", str(ctx.stage_dir / "payload.json"))
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert obj["metadata"]["labels"]["aigc/stage"] == "compress"
 
 
 def test_pod_operator_is_retry_safe_and_keeps_failures(tmp_path):
