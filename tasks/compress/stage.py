@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from tasks.registry.model import model_dir_of
 from tasks.registry.register import CHALLENGER, champion_version, register
 from tasks.registry.runtime import MANIFEST, manifest
 from tasks.stage import StageContext, atomic_path, write_json
-from tasks.tracking import stage_run
+from tasks.tracking import StageRun, stage_run
 
 log = logging.getLogger(__name__)
 # Packages a registered artifact needs at load time, beyond torch and transformers.
@@ -40,7 +41,7 @@ def budget_of(cfg: LifecycleConfig) -> CompressionBudget:
                              max_size_ratio=cfg.compress_max_size_ratio)
 
 
-def _cached(path: Path, compute) -> dict[str, Any]:
+def _cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """A retried task reuses what an earlier attempt measured: the registered tags and the
     decision stay consistent with one another."""
     if path.is_file():
@@ -69,8 +70,8 @@ def _requirements(method: str, model_dir: Path) -> tuple[str, ...]:
     return (*extra, "neural-compressor-pt") if method.startswith("inc_woq") else extra
 
 
-def _tags(method: str, base_version: str, m: Measurement, verdict, report, lineage,
-          ) -> dict[str, Any]:
+def _tags(method: str, base_version: str, m: Measurement, verdict: GateVerdict,
+          report: dict[str, Any], lineage: dict[str, str]) -> dict[str, Any]:
     return {
         "aigc.compress.method": method, "aigc.compress.base_version": base_version,
         "aigc.compress.size_bytes": m.size_bytes,
@@ -111,8 +112,9 @@ def _outcome(cfg: LifecycleConfig, candidates: list[dict[str, Any]]) -> tuple[st
     return None, f"no candidate passed the gate, keeping the uncompressed model ({why})"
 
 
-def _candidate(ctx, wb, method, root, pairs, baseline, lineage, base_version,
-               ) -> dict[str, Any]:
+def _candidate(ctx: StageContext, wb: Workbench, method: str, root: Path,
+               pairs: list[tuple[str, str]], baseline: Measurement, lineage: dict[str, str],
+               base_version: str) -> dict[str, Any]:
     """Build, measure, gate and register one method. A method that crashes is recorded as
     failed (the others still count); one refused for bad input fails the task."""
     try:
@@ -150,8 +152,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return passthrough | outcome
 
 
-def _compress(ctx: StageContext, run_, name: str, base_version: str, base_uri: str,
-              ) -> dict[str, Any]:
+def _compress(ctx: StageContext, run_: StageRun, name: str, base_version: str,
+              base_uri: str) -> dict[str, Any]:
     import mlflow
 
     cfg = ctx.config
