@@ -68,7 +68,7 @@ def onnx_fp32(wb: Workbench, out: Path) -> dict:
     """The fp32 model in onnxruntime: separates what the runtime gains from what INT8 gains
     in the ModelOpt row."""
     export_onnx(LogitsOf(wb.model()), wb.example(), out / "model.onnx")
-    save_meta(out, "onnx", wb.tokenizer(), wb.cfg.block_size, method="onnx_fp32")
+    save_meta(out, "onnx", wb.tokenizer, wb.cfg.block_size, method="onnx_fp32")
     return {}
 
 

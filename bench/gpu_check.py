@@ -11,7 +11,6 @@ DIR holds the preprocess stage's train.parquet, validation.parquet and tokenizer
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -24,24 +23,11 @@ import torch
 
 from tasks.config import LifecycleConfig
 from tasks.evaluate.metrics import likelihood
-from tasks.registry.runtime import LogitsOf, position_ids
+from tasks.registry.runtime import LogitsOf, TorchLM, position_ids
 from tasks.settings import PROJECT_ROOT
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 from report import update_section  # noqa: E402
-
-
-@dataclasses.dataclass
-class CudaLM:
-    """A CausalLM over a CUDA module: CPU tensors in and out, like every other format."""
-
-    module: torch.nn.Module
-    n_positions: int
-
-    @torch.no_grad()
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        ids, mask = input_ids.cuda(), attention_mask.cuda()
-        return self.module(ids, mask, position_ids(mask)).float().cpu()
 
 
 def train_by_precision(data: Path, tokenizer, out: Path) -> dict:
@@ -94,7 +80,7 @@ def modelopt_on_cuda(model_dir: Path, data: Path, tokenizer, pairs) -> dict:
                     m(chunk, mask, position_ids(mask))
             with torch.no_grad():
                 mtq.quantize(module, qcfg, forward_loop=loop)
-        lik = likelihood(CudaLM(module, 64), tokenizer, pairs)
+        lik = likelihood(TorchLM(module, 64, "cuda"), tokenizer, pairs)
         rows[name] = {"perplexity": lik.perplexity, "char_perplexity": lik.char_perplexity,
                       "fake_quant_latency_ms_b8": gpu_latency(module, 64)}
         if name == "fp8":

@@ -44,17 +44,19 @@ class Workbench:
 
     @functools.cached_property
     def train_blocks(self) -> torch.Tensor:
-        return token_blocks(self.train_frame, self.tokenizer(), self.cfg.block_size)
+        return token_blocks(self.train_frame, self.tokenizer, self.cfg.block_size)
 
-    def model(self, source: Path | None = None):
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(str(source or self.baseline_dir)).eval()
-
-    def tokenizer(self, source: Path | None = None):
+    @functools.cached_property
+    def tokenizer(self):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(source or self.baseline_dir))
+        return AutoTokenizer.from_pretrained(str(self.baseline_dir))
+
+    def model(self):
+        """A fresh copy of the baseline: every method transforms its own."""
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(self.baseline_dir)).eval()
 
     def calibration(self) -> list[torch.Tensor]:
         """Seeded batches of training blocks: never validation or test data."""
@@ -106,7 +108,7 @@ def save_meta(out: Path, fmt: str, tokenizer, n_positions: int, **extra: Any) ->
 def save_torch(module: torch.nn.Module, wb: Workbench, out: Path, method: str) -> Report:
     """Write an eager module (LogitsOf signature) as a `torch` format model folder."""
     torch.save(module, out / "model.pt")
-    save_meta(out, "torch", wb.tokenizer(), wb.cfg.block_size, method=method)
+    save_meta(out, "torch", wb.tokenizer, wb.cfg.block_size, method=method)
     return {"layers": layer_inventory(module)}
 
 
@@ -168,7 +170,7 @@ def _pt2e(wb: Workbench, out: Path, quant_config, calibrate: bool, method: str) 
         quantized = convert(prepared)
     program = torch.export.export(quantized, example, dynamic_shapes=dims)
     torch.export.save(program, str(out / "model.pt2"))
-    save_meta(out, "pt2", wb.tokenizer(), wb.cfg.block_size, method=method)
+    save_meta(out, "pt2", wb.tokenizer, wb.cfg.block_size, method=method)
     linears = [n for n in quantized.graph.nodes if n.op == "call_function"
                and "linear" in str(n.target)]
     quantized_inputs = sum(1 for n in linears if any("dequantize" in str(a.target)
@@ -258,7 +260,7 @@ def modelopt_int8(wb: Workbench, out: Path) -> Report:
     if error > 0.05 * float(np.abs(reference).max()):
         raise RuntimeError(f"modelopt_int8: onnxruntime disagrees with the fake-quantized "
                            f"model (max abs error {error:.4g})")
-    save_meta(out, "onnx", wb.tokenizer(), wb.cfg.block_size, method="modelopt_int8")
+    save_meta(out, "onnx", wb.tokenizer, wb.cfg.block_size, method="modelopt_int8")
     ops = [n.op_type for n in graph.graph.node]
     return {"layers": {"QuantizeLinear": ops.count("QuantizeLinear"),
                        "DequantizeLinear": ops.count("DequantizeLinear"),
@@ -338,7 +340,7 @@ def prune_structured(wb: Workbench, out: Path) -> Report:
     fine_tune(model, wb, wb.cfg.finetune_steps, wb.cfg.learning_rate * 0.3,
               distillation_loss(wb.model(), wb.cfg))
     model.save_pretrained(str(out))
-    save_meta(out, "hf", wb.tokenizer(), wb.cfg.block_size, method="prune_structured")
+    save_meta(out, "hf", wb.tokenizer, wb.cfg.block_size, method="prune_structured")
     return {"mlp_neurons": f"{inner - drop}/{inner}",
             "linear_sparsity": drop * removed_per_neuron / block_weights,
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -353,7 +355,7 @@ def distill(wb: Workbench, out: Path) -> Report:
     teacher_label = wb.teacher
     if wb.teacher_dir is not None:  # the champion: its own tokenizer and token blocks
         wb = Workbench(wb.cfg, wb.teacher_dir, wb.train_frame)
-    teacher, tokenizer = wb.model(), wb.tokenizer()
+    teacher, tokenizer = wb.model(), wb.tokenizer
     cfg = wb.cfg
     heads = cfg.n_head if cfg.distill_n_embd % cfg.n_head == 0 else 1
     torch.manual_seed(cfg.seed)

@@ -52,14 +52,17 @@ class CausalLM(Protocol):
 
 @dataclass
 class TorchLM:
-    """Any module with LogitsOf's signature: eager, quantized or an exported program."""
+    """Any module with LogitsOf's signature: eager, quantized or an exported program, on the
+    CPU or a GPU (CPU fp32 tensors in and out either way)."""
 
     module: Any
     n_positions: int
+    device: str = "cpu"
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.module(input_ids, attention_mask, position_ids(attention_mask))
+        ids, mask = input_ids.to(self.device), attention_mask.to(self.device)
+        return self.module(ids, mask, position_ids(mask)).float().cpu()
 
 
 @dataclass

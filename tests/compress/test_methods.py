@@ -126,7 +126,7 @@ def test_distilled_student_is_smaller_and_uses_the_teacher_tokenizer(built, benc
     folder, report = built("distill")
     assert report["parameter_ratio"] < 0.5 and report["teacher"] == "challenger"
     lm, tokenizer = load_lm(folder)
-    assert len(tokenizer) == len(bench.tokenizer())
+    assert len(tokenizer) == len(bench.tokenizer)
     assert lm.module.model.config.n_layer == 1 and lm.module.model.config.n_embd == 16
 
 
