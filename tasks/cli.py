@@ -23,6 +23,7 @@ STAGES: dict[str, str] = {
     "register": "tasks.registry.register:run",
     "compress": "tasks.compress.stage:run",
     "evaluate": "tasks.evaluate.offline:run",
+    "canary": "tasks.rollout.stage:run",
     "promote": "tasks.registry.promote:run",
 }
 

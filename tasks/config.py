@@ -139,6 +139,32 @@ class LifecycleConfig:
     distill_alpha: float = _f(0.5, "Weight of the KL term (the rest is the LM loss).",
                               minimum=0, maximum=1)
 
+    canary_steps: list[int] = _f(
+        (5, 25, 50, 100),
+        "Challenger traffic percent at each canary step, rising to 100 (empty: no canary; "
+        "promotion then rests on the offline evaluation alone).",
+        items={"type": "integer", "minimum": 1, "maximum": 100}, uniqueItems=True)
+    canary_interval_s: float = _f(60.0, "Seconds of traffic observed per canary analysis.",
+                                  minimum=1, maximum=86400)
+    canary_min_requests: int = _f(50, "Requests each version must serve at a step before it "
+                                  "may advance.", minimum=1, maximum=10_000_000)
+    canary_max_holds: int = _f(3, "Analyses without enough traffic before the canary gives "
+                               "up and rolls back.", minimum=0, maximum=100)
+    canary_max_error_rate_increase: float = _f(
+        0.02, "Largest error-rate rise (absolute) over the champion before rollback (when "
+        "significant).", minimum=0, maximum=1)
+    canary_max_p99_ratio: float = _f(1.5, "Largest challenger/champion P99 latency ratio.",
+                                     minimum=1, maximum=100)
+    canary_min_feedback: int = _f(20, "Feedback per version before the feedback A/B test "
+                                  "counts.", minimum=1, maximum=10_000_000)
+    canary_alpha: float = _f(0.05, "Significance level of the online A/B tests.",
+                             exclusiveMinimum=0, maximum=0.5)
+    canary_traffic: str = _f(
+        "auto", "Canary traffic: real users, or a synthetic loopback load (auto: synthetic "
+        "when the stage started its own local server).", enum=["auto", "synthetic", "real"])
+    canary_concurrency: int = _f(4, "Concurrent users of the synthetic load.", minimum=1,
+                                 maximum=256)
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
@@ -151,6 +177,9 @@ class LifecycleConfig:
         if self.nodes > 1 and (self.compute_target != "kubernetes" or self.launcher != "horovod"):
             raise ConfigError("nodes: more than one node needs compute_target=kubernetes and "
                               "launcher=horovod")
+        if self.canary_steps and (list(self.canary_steps) != sorted(self.canary_steps)
+                                  or self.canary_steps[-1] != 100):
+            raise ConfigError(f"canary_steps: {list(self.canary_steps)} must rise and end at 100")
         if self.batch_size % self.world_size:
             raise ConfigError(f"batch_size: {self.batch_size} is not divisible by "
                               f"workers={self.world_size}")
@@ -233,10 +262,22 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
             raise ConfigError(f"{f.name}: needs at least {schema['minItems']} item(s)")
         if schema.get("uniqueItems") and len(set(value)) != len(value):
             raise ConfigError(f"{f.name}: lists an item twice")
-        allowed = schema["items"].get("enum")
-        bad = [v for v in value if allowed is not None and v not in allowed]
-        if bad:
-            raise ConfigError(f"{f.name}: {bad[0]!r} is not one of {allowed}")
+        for item in value:
+            _check_item(f.name, schema["items"], item)
+
+
+def _check_item(name: str, schema: dict[str, Any], item: Any) -> None:
+    """One array item against its schema (type, bounds, enum)."""
+    if schema["type"] == "integer" and (not isinstance(item, int) or isinstance(item, bool)):
+        raise ConfigError(f"{name}: item {item!r} is not an integer")
+    if schema["type"] == "string" and not isinstance(item, str):
+        raise ConfigError(f"{name}: item {item!r} is not a string")
+    if "minimum" in schema and item < schema["minimum"]:
+        raise ConfigError(f"{name}: item {item} is below the minimum {schema['minimum']}")
+    if "maximum" in schema and item > schema["maximum"]:
+        raise ConfigError(f"{name}: item {item} is above the maximum {schema['maximum']}")
+    if "enum" in schema and item not in schema["enum"]:
+        raise ConfigError(f"{name}: {item!r} is not one of {schema['enum']}")
 
 
 def params_schema() -> dict[str, dict[str, Any]]:

@@ -11,6 +11,9 @@ import pytest
 from tasks.config import LifecycleConfig
 from tasks.localenv import local_env
 
+# The served-model registry and server fixtures, shared by the serving and rollout tests.
+pytest_plugins = ("tests.serving.fixtures",)
+
 # Small enough to train in seconds, big enough that learning is measurable.
 TINY: dict = {
     "max_rows": 400, "vocab_size": 400, "n_layer": 1, "n_embd": 32, "n_head": 2,
@@ -77,3 +80,17 @@ def prepare_demo(root: Path, rows: int = 400) -> dict:
                        inputs={"validate": {"dataset_uri": str(path)}},
                        settings=isolated_settings(root))
     return preprocess(ctx)
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Tests that need a local service: skipped with the reason where it is absent, but a
+    failure in CI, which provides every service."""
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError as exc:
+        message = f"{name} is not reachable at {host}:{port} ({exc})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must provide it")
+        pytest.skip(f"{message}; start it to run this test")

@@ -86,36 +86,66 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
     return order.gather(-1, pick).squeeze(-1)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """One prompt's generation settings: each row of a batch may differ."""
+
+    max_new_tokens: int
+    temperature: float = 0.8
+    top_p: float = 0.95
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    tokens: int  # new tokens produced (end-of-text included when it stopped there)
+
+
 @torch.no_grad()
-def generate(lm: CausalLM, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int,
-             temperature: float = 0.8, top_p: float = 0.95, batch_size: int = 16) -> list[str]:
-    """Seeded sampling over left-padded batches; returns only the new text.
+def generate_rows(lm: CausalLM, tokenizer, prompts: Sequence[str], sampling: Sequence[Sampling],
+                  generators: Sequence[torch.Generator]) -> list[Generated]:
+    """One left-padded batch, each row sampled with its own settings and generator.
 
     The whole context is recomputed per token (no KV cache): every artifact format, ONNX and
-    exported graphs included, then needs only a logits function, and contexts are short."""
-    generator = torch.Generator().manual_seed(seed)
+    exported graphs included, then needs only a logits function. The context window slides,
+    so a generation may be longer than the model's context; a long prompt keeps its end."""
+    longest = max(s.max_new_tokens for s in sampling)
+    n = lm.n_positions
     tokenizer.padding_side = "left"
     tokenizer.truncation_side = "left"  # a long prompt keeps its end, where the reply starts
-    room = max(lm.n_positions - max_new_tokens, 1)
+    enc = tokenizer([format_prompt(p) for p in prompts], add_special_tokens=False,
+                    padding=True, truncation=True, max_length=max(n - longest, n // 2),
+                    return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    start = ids.shape[1]
+    limits = torch.tensor([s.max_new_tokens for s in sampling])
+    produced = torch.zeros(len(ids), dtype=torch.long)
+    done = limits <= 0
+    for _ in range(longest):
+        logits = lm.logits(ids[:, -n:], mask[:, -n:])[:, -1].float()
+        step = torch.stack([sample_next(logits[i], s.temperature, s.top_p, g)
+                            for i, (s, g) in enumerate(zip(sampling, generators, strict=True))])
+        step[done] = tokenizer.pad_token_id
+        produced += (~done).long()
+        ids = torch.cat([ids, step[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(step[:, None])], dim=1)
+        done |= (step == tokenizer.eos_token_id) | (produced >= limits)
+        if done.all():
+            break
+    texts = tokenizer.batch_decode(ids[:, start:], skip_special_tokens=True)
+    return [Generated(text=t.strip(), tokens=int(k)) for t, k in zip(texts, produced, strict=True)]
+
+
+def generate(lm: CausalLM, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int,
+             temperature: float = 0.8, top_p: float = 0.95, batch_size: int = 16) -> list[str]:
+    """Seeded sampling of many prompts in batches with one setting; returns the new text."""
+    generator = torch.Generator().manual_seed(seed)
+    sampling = Sampling(max_new_tokens, temperature, top_p)
     outputs: list[str] = []
     for i in range(0, len(prompts), batch_size):
-        enc = tokenizer([format_prompt(p) for p in prompts[i: i + batch_size]],
-                        add_special_tokens=False, padding=True, truncation=True,
-                        max_length=room, return_tensors="pt")
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        start = ids.shape[1]
-        done = torch.zeros(len(ids), dtype=torch.bool)
-        for _ in range(max_new_tokens):
-            step = sample_next(lm.logits(ids, mask)[:, -1].float(), temperature, top_p,
-                               generator)
-            step[done] = tokenizer.pad_token_id
-            ids = torch.cat([ids, step[:, None]], dim=1)
-            mask = torch.cat([mask, torch.ones_like(step[:, None])], dim=1)
-            done |= step == tokenizer.eos_token_id
-            if done.all():
-                break
-        outputs += [t.strip() for t in tokenizer.batch_decode(ids[:, start:],
-                                                              skip_special_tokens=True)]
+        chunk = prompts[i: i + batch_size]
+        outputs += [g.text for g in generate_rows(lm, tokenizer, chunk, [sampling] * len(chunk),
+                                                  [generator] * len(chunk))]
     return outputs
 
 

@@ -1,4 +1,5 @@
-"""Promote: move `champion` to the evaluated challenger when the decision says so."""
+"""Promote: move `champion` to the evaluated challenger when the offline decision and the
+canary (when one ran) both say so."""
 
 from __future__ import annotations
 
@@ -13,28 +14,57 @@ from tasks.tracking import stage_run
 log = logging.getLogger(__name__)
 
 
+def final_decision(evaluated: dict[str, Any], canary: dict[str, Any] | None,
+                   ) -> tuple[bool, str]:
+    """(promote, reason): the offline decision, overruled by a canary that rolled back."""
+    promote = evaluated["decision"]["promote"]
+    reason = "; ".join(evaluated["decision"]["reasons"])
+    if canary is None or not canary["ran"]:
+        note = canary["reason"] if canary else "no canary stage"
+        return promote, f"{reason}; canary: {note}"
+    passed = canary["decision"] == "promote"
+    return promote and passed, f"{reason}; canary: {canary['decision']} after " \
+        f"{canary['steps']} analyses ({canary['history'][-1]})"
+
+
+def retire_canary(canary: dict[str, Any] | None, version: str) -> None:
+    """Tell a long-running server to follow the moved alias now; the challenger's weight
+    goes with it (a challenger equal to the champion is served as the champion)."""
+    if not canary or not canary.get("server_url"):
+        return
+    import os
+
+    from tasks.rollout.controller import ServerTarget
+
+    state = ServerTarget(canary["server_url"], os.environ["AIGC_ADMIN_KEY"]).reload()
+    log.info("server now serves champion %s (expected %s)", state["champion"], version)
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     import mlflow
 
     ev = ctx.input("evaluate")
+    canary = ctx.inputs.get("canary")
     name, version_ = ev["model_name"], ev["challenger_version"]
-    decision = ev["decision"]
-    reason = "; ".join(decision["reasons"])
+    promote, reason = final_decision(ev, canary)
     with stage_run(ctx) as run_:
         client = mlflow.MlflowClient()
-        verdict = "promoted" if decision["promote"] else "rejected"
+        verdict = "promoted" if promote else "rejected"
         # The version evaluated, not whatever `challenger` points at now: another run may
-        # have moved that alias since.
+        # have moved that alias since. The decision (and the canary record, written by the
+        # canary stage) land before the alias moves: whoever finds the alias finds them.
         client.set_model_version_tag(name, version_, "aigc.decision", verdict)
         client.set_model_version_tag(name, version_, "aigc.decision_reason", reason[:4900])
-        if decision["promote"]:
+        if promote:
             client.set_registered_model_alias(name, CHAMPION, version_)
             client.set_model_version_tag(name, version_, "aigc.promoted_at",
                                          datetime.now(UTC).isoformat())
         run_.set_tags({"aigc.decision": verdict, "aigc.champion_version":
-                       version_ if decision["promote"] else (ev["champion_version"] or "none")},
+                       version_ if promote else (ev["champion_version"] or "none")},
                       parent=True)
-    champion = version_ if decision["promote"] else ev["champion_version"]
+    if promote:
+        retire_canary(canary, version_)
+    champion = version_ if promote else ev["champion_version"]
     log.info("%s version %s: %s (champion is now %s)", verdict, version_, reason, champion)
     return {"model_name": name, "version": version_, "decision": verdict, "reason": reason,
             "champion_version": champion}

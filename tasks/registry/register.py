@@ -27,16 +27,22 @@ def find_version(client, name: str, run_id: str, role: str):
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def champion_version(client, name: str) -> str | None:
+def alias_version(client, name: str, alias: str) -> str | None:
+    """The version an alias points at; None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+        return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
-        # No such model, or no such alias: the first promotion. Anything else is real.
+        # No such model, or no such alias (e.g. before the first promotion). Anything else
+        # (the registry unreachable) is real.
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
+
+
+def champion_version(client, name: str) -> str | None:
+    return alias_version(client, name, CHAMPION)
 
 
 def register(ctx: StageContext, model_dir: str, role: str, tags: dict[str, Any],

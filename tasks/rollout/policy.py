@@ -40,7 +40,8 @@ class Observation:
 @dataclass(frozen=True)
 class CanaryPolicy:
     steps: tuple[int, ...] = (5, 25, 50, 100)  # challenger traffic percent per step
-    min_requests: int = 50  # per version per interval before anything is judged
+    min_requests: int = 50  # per version at a step before it may advance
+    min_latency_samples: int = 20  # per version before the P99 rule judges
     max_holds: int = 3  # intervals without enough data before giving up (rollback)
     max_error_rate_increase: float = 0.02  # absolute, challenger minus champion
     max_p99_ratio: float = 1.5  # challenger P99 over champion P99
@@ -68,34 +69,43 @@ class CanaryDecision:
     reasons: tuple[str, ...]
 
 
-def worse_proportion_p(bad_a: int, n_a: int, bad_b: int, n_b: int) -> float:
-    """One-sided two-proportion z-test: p-value that A's bad-rate is above B's.
+def _log_comb(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
 
-    Pooled standard error; with no variance (both rates 0 or 1) there is no evidence: 1.0."""
+
+def worse_proportion_p(bad_a: int, n_a: int, bad_b: int, n_b: int) -> float:
+    """One-sided Fisher exact test: p-value that A's bad-rate is above B's.
+
+    Exact at any sample size (a canary's first step sees few challenger requests, where
+    the normal approximation overstates significance). No data or no bad outcome: 1.0."""
     if not n_a or not n_b:
         return 1.0
-    pooled = (bad_a + bad_b) / (n_a + n_b)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
-    if se == 0:
-        return 1.0
-    z = (bad_a / n_a - bad_b / n_b) / se
-    return 0.5 * math.erfc(z / math.sqrt(2))
+    total, bad = n_a + n_b, bad_a + bad_b
+    base = _log_comb(total, n_a)
+    tail = sum(math.exp(_log_comb(bad, k) + _log_comb(total - bad, n_a - k) - base)
+               for k in range(bad_a, min(bad, n_a) + 1))
+    return min(1.0, tail)
 
 
 def _checks(champion: Observation, challenger: Observation, policy: CanaryPolicy,
             ) -> list[tuple[bool, str]]:
-    """(ok, text) for each rule the challenger must meet against the champion."""
-    increase = challenger.error_rate - champion.error_rate
-    p_errors = worse_proportion_p(challenger.errors, challenger.requests, champion.errors,
-                                  champion.requests)
-    checks = [
-        (increase <= policy.max_error_rate_increase or p_errors >= policy.alpha,
-         f"error rate {challenger.error_rate:.3%} vs champion {champion.error_rate:.3%} "
-         f"(+{policy.max_error_rate_increase:.1%} allowed; one-sided p={p_errors:.3g})"),
-        (challenger.p99_ms <= policy.max_p99_ratio * champion.p99_ms,
-         f"P99 {challenger.p99_ms:.1f} ms vs champion {champion.p99_ms:.1f} ms "
-         f"(x{policy.max_p99_ratio} allowed)"),
-    ]
+    """(ok, text) for each rule the challenger must meet against the champion; a rule is
+    judged only once both sides have the data it needs."""
+    checks = []
+    if min(challenger.requests, champion.requests) > 0:
+        # Significance guards small samples: 3 errors in 3 requests against a clean champion
+        # is already decisive, 1 in 20 is not.
+        increase = challenger.error_rate - champion.error_rate
+        p_errors = worse_proportion_p(challenger.errors, challenger.requests, champion.errors,
+                                      champion.requests)
+        checks.append((
+            increase <= policy.max_error_rate_increase or p_errors >= policy.alpha,
+            f"error rate {challenger.error_rate:.3%} vs champion {champion.error_rate:.3%} "
+            f"(+{policy.max_error_rate_increase:.1%} allowed; one-sided p={p_errors:.3g})"))
+    if min(challenger.requests, champion.requests) >= policy.min_latency_samples:
+        checks.append((challenger.p99_ms <= policy.max_p99_ratio * champion.p99_ms,
+                       f"P99 {challenger.p99_ms:.1f} ms vs champion {champion.p99_ms:.1f} ms "
+                       f"(x{policy.max_p99_ratio} allowed)"))
     if min(challenger.feedback_total, champion.feedback_total) >= policy.min_feedback:
         p_feedback = worse_proportion_p(challenger.negative_feedback, challenger.feedback_total,
                                         champion.negative_feedback, champion.feedback_total)
@@ -110,9 +120,15 @@ def next_canary_step(state: CanaryState, champion: Observation, challenger: Obse
                      policy: CanaryPolicy) -> CanaryDecision:
     """Advance, hold, roll back or promote after one analysis interval.
 
-    Too little traffic on either version holds (never advances on no data) and, after
-    `max_holds` such intervals, rolls back. A failed rule rolls back at once."""
+    Observations are cumulative since the step began. A failed rule rolls back at once, on
+    whatever data it has; advancing needs `min_requests` on both versions. Too little
+    traffic holds (never advances on no data) and, after `max_holds` holds, rolls back."""
     weight = policy.steps[state.step]
+    checks = _checks(champion, challenger, policy)
+    failed = tuple(f"FAIL {text}" for ok, text in checks if not ok)
+    passed = tuple(f"ok {text}" for ok, text in checks if ok)
+    if failed:
+        return _decide(state, Action.ROLLBACK, 0, failed + passed)
     if min(champion.requests, challenger.requests) < policy.min_requests:
         reason = (f"not enough traffic at {weight}%: champion {champion.requests}, challenger "
                   f"{challenger.requests} requests (need {policy.min_requests} each)")
@@ -121,11 +137,6 @@ def next_canary_step(state: CanaryState, champion: Observation, challenger: Obse
                            (f"FAIL {reason}; held {state.holds} times already",))
         return _decide(replace(state, holds=state.holds + 1), Action.HOLD, weight,
                        (f"hold {reason}",))
-    checks = _checks(champion, challenger, policy)
-    failed = tuple(f"FAIL {text}" for ok, text in checks if not ok)
-    passed = tuple(f"ok {text}" for ok, text in checks if ok)
-    if failed:
-        return _decide(state, Action.ROLLBACK, 0, failed + passed)
     if state.step + 1 == len(policy.steps):
         return _decide(state, Action.PROMOTE, 100, passed)
     nxt = replace(state, step=state.step + 1, holds=0)

@@ -90,6 +90,25 @@ def test_no_data_holds_a_bounded_number_of_times_then_rolls_back():
     assert decision.action is Action.ROLLBACK and decision.weight == 0
 
 
+def test_a_clearly_broken_challenger_rolls_back_before_it_has_enough_traffic():
+    broken = Observation(requests=4, errors=4, p99_ms=1.0)
+    decision = _step(broken)
+    assert broken.requests < POLICY.min_requests
+    assert decision.action is Action.ROLLBACK and decision.reasons[0].startswith("FAIL error")
+
+
+def test_one_error_in_a_small_sample_only_holds():
+    decision = _step(Observation(requests=10, errors=1, p99_ms=1.0))
+    assert decision.action is Action.HOLD
+
+
+@pytest.mark.parametrize(("requests", "action"), [
+    (POLICY.min_latency_samples - 1, Action.HOLD), (POLICY.min_latency_samples, Action.ROLLBACK)])
+def test_a_slow_challenger_is_judged_once_it_has_latency_samples(requests, action):
+    slow = Observation(requests=requests, errors=0, p99_ms=1000.0)
+    assert _step(slow).action is action
+
+
 def test_no_data_on_the_champion_side_also_holds():
     quiet_champion = Observation(requests=0, errors=0, p99_ms=0.0)
     assert _step(HEALTHY, champion=quiet_champion).action is Action.HOLD
@@ -100,7 +119,7 @@ def test_enough_data_after_a_hold_resets_the_hold_count():
     assert decision.action is Action.ADVANCE and decision.state.holds == 0
 
 
-def test_z_test_edges():
+def test_fisher_test_edges():
     assert worse_proportion_p(0, 0, 1, 10) == 1.0
     assert worse_proportion_p(0, 10, 0, 10) == 1.0  # no variance, no evidence
     assert worse_proportion_p(50, 100, 10, 100) < 1e-6

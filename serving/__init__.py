@@ -1,0 +1,1 @@
+"""The model server: alias-aware model pool, weighted routing, batching, cache, feedback."""

@@ -1,0 +1,82 @@
+"""Server settings from the environment: keys, limits, batching, cache and stores."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.errors import BadInput
+from tasks.settings import Settings
+
+
+def _keys(value: str | None) -> frozenset[str]:
+    return frozenset(k.strip() for k in (value or "").split(",") if k.strip())
+
+
+def _number(env: dict[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    try:
+        value = float(raw) if raw is not None else default
+    except ValueError:
+        raise BadInput(f"{name}: {raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise BadInput(f"{name}: {value} is outside [{low}, {high}]")
+    return value
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How one server process runs. Keys come from the environment (which a Kubernetes
+    Secret or the Airflow Connection `aigc_model_server` fills), never from code."""
+
+    model_name: str
+    tracking_uri: str
+    api_keys: frozenset[str]
+    admin_key: str
+    feedback_db: str  # a SQLite path or URL; PostgreSQL URLs when configured
+    host: str = "127.0.0.1"
+    port: int = 8000
+    serve_version: str | None = None  # pin one version (KServe splits traffic itself)
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    cache_size: int = 1024
+    cache_ttl_s: int = 3600
+    redis_url: str | None = None
+    job_workers: int = 1
+    max_prompt_chars: int = 2000
+    max_new_tokens: int = 256
+    reload_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.api_keys:
+            raise BadInput("AIGC_API_KEYS: no client API key configured")
+        if not self.admin_key:
+            raise BadInput("AIGC_ADMIN_KEY: no admin key configured")
+        if self.admin_key in self.api_keys:
+            raise BadInput("AIGC_ADMIN_KEY: must differ from every client key")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ServerSettings:
+        env = dict(os.environ if env is None else env)
+        base = Settings.from_env()
+        home = Path(env.get("AIGC_HOME", base.artifact_root.parent))
+        return cls(
+            model_name=env.get("AIGC_MODEL_NAME", "aigc-gpt2"),
+            tracking_uri=env.get("MLFLOW_TRACKING_URI", base.tracking_uri),
+            api_keys=_keys(env.get("AIGC_API_KEYS")),
+            admin_key=env.get("AIGC_ADMIN_KEY", ""),
+            feedback_db=env.get("AIGC_FEEDBACK_DB", str(home / "serving" / "feedback.db")),
+            host=env.get("AIGC_SERVER_HOST", "127.0.0.1"),
+            port=int(_number(env, "AIGC_SERVER_PORT", 8000, 0, 65535)),
+            serve_version=env.get("AIGC_SERVE_VERSION") or None,
+            max_batch=int(_number(env, "AIGC_MAX_BATCH", 16, 1, 256)),
+            max_wait_ms=_number(env, "AIGC_MAX_WAIT_MS", 5.0, 0, 1000),
+            cache_size=int(_number(env, "AIGC_CACHE_SIZE", 1024, 0, 10_000_000)),
+            cache_ttl_s=int(_number(env, "AIGC_CACHE_TTL_S", 3600, 1, 30 * 86400)),
+            redis_url=env.get("AIGC_REDIS_URL") or None,
+            job_workers=int(_number(env, "AIGC_JOB_WORKERS", 1, 1, 64)),
+            max_prompt_chars=int(_number(env, "AIGC_MAX_PROMPT_CHARS", 2000, 1, 1_000_000)),
+            max_new_tokens=int(_number(env, "AIGC_MAX_NEW_TOKENS", 256, 1, 8192)),
+            reload_interval_s=_number(env, "AIGC_RELOAD_INTERVAL_S", 5.0, 0.1, 3600),
+        )

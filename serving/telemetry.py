@@ -1,0 +1,44 @@
+"""Prometheus metrics of one server, in its own registry (what /metrics exports)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Fine enough below 100 ms for a small model, wide enough for long generations.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5,
+                   2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("aigc_requests", "Generate requests served, by model version "
+                                "and route (champion or challenger).", ["version", "route"],
+                                registry=r)
+        self.errors = Counter("aigc_request_errors", "Generate requests that failed in the "
+                              "model, by model version.", ["version", "route"], registry=r)
+        self.latency = Histogram("aigc_request_latency_seconds", "Generate latency (queueing, "
+                                 "batching and generation) by model version.", ["version"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("aigc_batch_size", "Requests per batched generate call.",
+                                    ["version"], buckets=BATCH_BUCKETS, registry=r)
+        self.tokens = Counter("aigc_generated_tokens", "New tokens generated (rate() gives "
+                              "tokens per second).", ["version"], registry=r)
+        self.cache = Counter("aigc_cache_lookups", "Response cache lookups of deterministic "
+                             "requests, by result: local, redis or miss.", ["result"], registry=r)
+        self.feedback = Counter("aigc_feedback", "Feedback received, by model version and "
+                                "sentiment (positive or negative).", ["version", "sentiment"],
+                                registry=r)
+        self.rejected = Counter("aigc_rejected_requests", "Requests refused before the model: "
+                                "bad input or authentication, by HTTP status.", ["status"],
+                                registry=r)
+        self.canary_weight = Gauge("aigc_canary_weight_percent", "Challenger traffic percent.",
+                                   registry=r)
+        self.serving = Gauge("aigc_model_serving", "1 for each (alias, version) being served.",
+                             ["alias", "version"], registry=r)
+        self.load_failures = Counter("aigc_model_load_failures", "Model versions that failed to "
+                                     "load, by alias.", ["alias"], registry=r)
+        self.jobs_queued = Gauge("aigc_jobs_queued", "Async generation jobs waiting.",
+                                 registry=r)
