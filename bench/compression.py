@@ -39,10 +39,15 @@ INT8 = ("torch_ao_plain", "torch_int8_dynamic", "inc_int8_dynamic", "inc_int8_st
         "qat_int8", "modelopt_int8")
 
 
+def demo_settings(root: Path) -> Settings:
+    """Artifacts and a SQLite MLflow under root: benchmarks leave the project's state alone."""
+    return Settings(artifact_root=root, allowed_roots=(str(root),),
+                    tracking_uri=f"sqlite:///{root}/mlflow.db",
+                    mlflow_artifact_root=str(root / "mlartifacts"), experiment="bench")
+
+
 def train_demo(root: Path, steps: int) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
-    settings = Settings(artifact_root=root, allowed_roots=(str(root),),
-                        tracking_uri=f"sqlite:///{root}/mlflow.db",
-                        mlflow_artifact_root=str(root / "mlartifacts"), experiment="bench")
+    settings = demo_settings(root)
     data = root / "dialogs.parquet"
     load_demo(["english", "chinese"]).to_parquet(data)
     cfg = LifecycleConfig(launcher="single", max_steps=steps)

@@ -1,5 +1,5 @@
 """aigc_lifecycle: data to champion — ingest, validate, preprocess, train, register,
-compress, evaluate, promote. Wiring only; every stage lives in the `tasks` package."""
+compress, evaluate, canary, promote. Wiring only; every stage lives in the `tasks` package."""
 
 from __future__ import annotations
 
@@ -18,13 +18,15 @@ TIMEOUTS = {
     "register": timedelta(minutes=20),
     "compress": timedelta(hours=2),
     "evaluate": timedelta(hours=1),
+    # Steps x analysis interval x holds: the default policy needs at most about 16 minutes.
+    "canary": timedelta(hours=2),
     "promote": timedelta(minutes=10),
 }
 
 
 @dag(
     dag_id="aigc_lifecycle",
-    description="Validate, train, register, compress, evaluate and promote the AIGC model",
+    description="Validate, train, compress, evaluate, canary and promote the AIGC model",
     # A cron expression or preset; "none" disables the schedule (triggered runs only).
     schedule=None if SCHEDULE.lower() == "none" else SCHEDULE,
     start_date=datetime(2026, 1, 1),
@@ -53,7 +55,10 @@ def aigc_lifecycle():
         {"register": register, "preprocess": preprocess})
     evaluate = stage_task("evaluate", execution_timeout=TIMEOUTS["evaluate"])(
         {"compress": compress, "preprocess": preprocess})
-    stage_task("promote", execution_timeout=TIMEOUTS["promote"])({"evaluate": evaluate})
+    canary = stage_task("canary", execution_timeout=TIMEOUTS["canary"])(
+        {"evaluate": evaluate, "preprocess": preprocess})
+    stage_task("promote", execution_timeout=TIMEOUTS["promote"])(
+        {"evaluate": evaluate, "canary": canary})
 
 
 aigc_lifecycle()

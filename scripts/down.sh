@@ -2,7 +2,7 @@
 # Stop exactly the process groups that `make up` started (and nothing else).
 set -uo pipefail
 pids=${1:?pid folder}
-for name in airflow mlflow; do
+for name in serving airflow mlflow; do
   file="$pids/$name"
   [ -s "$file" ] || continue
   pid=$(cat "$file")

@@ -62,9 +62,10 @@ def run_command(argv: list[str], *, label: str, env: dict[str, str] | None = Non
                     + "\n".join(tail))
 
 
-def run_process(ctx: StageContext) -> dict[str, Any]:
-    """Write the payload, run the stage process, return the result it wrote."""
+def run_process(ctx: StageContext, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write the payload, run the stage process, return the result it wrote. `env` adds
+    secrets (kept out of the payload file, which lands in the artifact store)."""
     payload_path = ctx.hand_off()
     run_command(localize(stage_argv(ctx.stage, str(payload_path))), label=f"stage {ctx.stage}",
-                env=ctx.settings.to_env())
+                env=ctx.settings.to_env() | (env or {}))
     return ctx.read_result()

@@ -16,7 +16,7 @@ from tasks.stage import RESULT_FILE, safe_name
 
 DAG_ID = "aigc_lifecycle"
 STAGES = ("ingest", "validate", "preprocess", "train", "register", "compress", "evaluate",
-          "promote")
+          "canary", "promote")
 
 
 def parse_runs(cli_output: str) -> list[dict[str, Any]]:
@@ -72,6 +72,13 @@ def render(run: dict[str, Any], results: dict[str, dict[str, Any]], run_dir: Pat
         lines.append(f"evaluate: test perplexity {c['perplexity']:.1f}, distinct-2 "
                      f"{c['distinct_2']:.3f}, similarity {c['similarity']:.3f}; champion "
                      f"{ev['champion_version'] or 'none'}")
+    if ca := results.get("canary"):
+        if ca["ran"]:
+            lines.append(f"canary: {ca['decision']} version {ca['version']} after "
+                         f"{ca['steps']} analyses")
+            lines += [f"  {h}" for h in ca["history"]]
+        else:
+            lines.append(f"canary: skipped, {ca['reason']}")
     if pr := results.get("promote"):
         lines.append(f"promote: {pr['decision']} version {pr['version']}; champion is "
                      f"{pr['champion_version'] or 'none'}")

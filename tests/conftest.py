@@ -20,7 +20,8 @@ TINY: dict = {
     "block_size": 32, "batch_size": 8, "max_steps": 40, "warmup_steps": 5,
     "checkpoint_every": 10, "eval_every": 20, "eval_samples": 8, "max_new_tokens": 8,
     "max_perplexity": 100000.0, "min_distinct_2": 0.0, "min_similarity": -1.0,
-    "max_regression": 1.0,
+    "max_regression": 1.0, "canary_steps": [50, 100], "canary_interval_s": 2.0,
+    "canary_min_requests": 5, "canary_concurrency": 2,
 }
 
 

@@ -10,6 +10,29 @@ from tasks.config import params_schema
 # Stages that move to a pod with compute_target=kubernetes (the heavy ones, which may want
 # a GPU: training, and compression for TensorRT); the rest stay light processes.
 POD_STAGES = frozenset({"train", "compress"})
+# Stages that steer the model server; they read its address and keys from a Connection.
+SERVER_STAGES = frozenset({"canary", "promote"})
+SERVER_CONNECTION = "aigc_model_server"
+
+
+def server_env(conn_id: str = SERVER_CONNECTION) -> dict[str, str]:
+    """The model server's URL and keys from an Airflow Connection (http type: host, port,
+    schema; password = admin key; extra {"api_key": ...} = a client key for synthetic load).
+    Unset: empty, and the canary starts a local server of its own."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return {}
+    scheme = conn.schema or "http"
+    env = {"AIGC_SERVER_URL": f"{scheme}://{conn.host}" + (f":{conn.port}" if conn.port else "")}
+    if conn.password:
+        env["AIGC_ADMIN_KEY"] = conn.password
+    if api_key := conn.extra_dejson.get("api_key"):
+        env["AIGC_API_KEY"] = api_key
+    return env
 
 
 def config_params() -> dict[str, Any]:
@@ -53,7 +76,7 @@ def stage_task(stage: str, *, execution_timeout: timedelta):
                 from aigc_airflow.kube import run_remote
 
                 return run_remote(ctx, context)
-            return run_process(ctx)
+            return run_process(ctx, env=server_env() if stage in SERVER_STAGES else None)
         except BadInput as exc:
             # Bad config or data fails the same way on every retry: fail now, say why.
             raise AirflowFailException(str(exc)) from exc

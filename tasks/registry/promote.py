@@ -28,16 +28,21 @@ def final_decision(evaluated: dict[str, Any], canary: dict[str, Any] | None,
 
 
 def retire_canary(canary: dict[str, Any] | None, version: str) -> None:
-    """Tell a long-running server to follow the moved alias now; the challenger's weight
-    goes with it (a challenger equal to the champion is served as the champion)."""
-    if not canary or not canary.get("server_url"):
-        return
-    import os
+    """After the alias moved: a long-running server follows it now (the challenger, now
+    equal to the champion, has no separate weight); a KServe service makes the canary
+    revision the rolled-out one."""
+    target = (canary or {}).get("target") or {}
+    if target.get("kind") == "kserve":
+        from tasks.rollout.stage import kserve_target
 
-    from tasks.rollout.controller import ServerTarget
+        kserve_target().promote(version)
+    elif target.get("url"):
+        import os
 
-    state = ServerTarget(canary["server_url"], os.environ["AIGC_ADMIN_KEY"]).reload()
-    log.info("server now serves champion %s (expected %s)", state["champion"], version)
+        from tasks.rollout.controller import ServerTarget
+
+        state = ServerTarget(target["url"], os.environ["AIGC_ADMIN_KEY"]).reload()
+        log.info("server now serves champion %s (expected %s)", state["champion"], version)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

@@ -102,18 +102,25 @@ def _check_served(target: ServerTarget, champion: str, challenger: str) -> None:
                            "moved since evaluation")
 
 
-def _kserve(version: str) -> tuple[Any, MetricsSource]:
+def kserve_target() -> Any:
+    """The InferenceService named by AIGC_KSERVE_NAMESPACE / AIGC_KSERVE_SERVICE, reached
+    with the in-cluster or kubeconfig credentials."""
     from kubernetes import client, config
 
     from tasks.rollout.kserve import KServeTarget
 
+    config.load_config()
+    return KServeTarget(client.CustomObjectsApi(),
+                        namespace=os.environ.get("AIGC_KSERVE_NAMESPACE", "default"),
+                        name=os.environ.get("AIGC_KSERVE_SERVICE", "aigc-model"))
+
+
+def _kserve(version: str) -> tuple[Any, MetricsSource]:
     prometheus = os.environ.get("AIGC_PROMETHEUS_URL")
     if not prometheus:
         raise BadInput("AIGC_PROMETHEUS_URL: the kubernetes canary reads its metrics there")
-    config.load_config()
-    target = KServeTarget(client.CustomObjectsApi(),
-                          namespace=os.environ.get("AIGC_KSERVE_NAMESPACE", "default"),
-                          name=os.environ.get("AIGC_KSERVE_SERVICE", "aigc-model"))
+    target = kserve_target()
+    # A new revision serving the challenger, with no traffic until the first step.
     target.start(version, 0)
     selector = os.environ.get("AIGC_PROMETHEUS_SELECTOR", "")
     return target, PrometheusMetrics(prometheus, selector)
@@ -141,6 +148,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     reason = skip_reason(ctx.config, ev)
     if reason:
         log.info("canary skipped: %s", reason)
+        with stage_run(ctx) as run_:
+            run_.set_tags({"aigc.canary.decision": "skipped", "aigc.canary.reason": reason})
         return {"ran": False, "reason": reason, "model_name": name, "version": version}
     policy = policy_of(ctx.config)
     prompts = pd.read_parquet(ctx.input("preprocess")["splits"]["test"])["prompt"].tolist()
@@ -151,7 +160,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                  challenger=version, policy=policy,
                                  interval_s=ctx.config.canary_interval_s,
                                  on_step=_log_step(run_))
-            server_url = None
+            where = {"kind": "kserve"}
         else:
             with local_target(ctx, prompts) as (url, admin_key):
                 target = ServerTarget(url, admin_key)
@@ -160,7 +169,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                      champion=champion, challenger=version, policy=policy,
                                      interval_s=ctx.config.canary_interval_s,
                                      on_step=_log_step(run_))
-            server_url = os.environ.get("AIGC_SERVER_URL")
+            # A server this stage started is gone now; a long-running one must follow the
+            # promotion, so the promote stage is told where it is.
+            where = {"kind": "server", "url": os.environ.get("AIGC_SERVER_URL")}
         record = outcome.to_dict()
         write_json(ctx.stage_dir / "canary.json", record)
         run_.log_artifact(ctx.stage_dir / "canary.json")
@@ -172,4 +183,4 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return {"ran": True, "decision": outcome.action.value, "model_name": name,
             "version": version, "champion_version": champion, "steps": len(outcome.steps),
             "history": [f"{s.action} at {s.weight}%: " + "; ".join(s.reasons)
-                        for s in outcome.steps], "server_url": server_url}
+                        for s in outcome.steps], "target": where}

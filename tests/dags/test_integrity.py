@@ -16,8 +16,8 @@ DAGS = PROJECT_ROOT / "dags"
 EXPECTED_UPSTREAM = {
     "ingest": [], "validate": ["ingest"], "preprocess": ["validate"], "train": ["preprocess"],
     "register": ["ingest", "train"], "compress": ["preprocess", "register"],
-    "evaluate": ["compress", "preprocess"],
-    "promote": ["evaluate"],
+    "evaluate": ["compress", "preprocess"], "canary": ["evaluate", "preprocess"],
+    "promote": ["canary", "evaluate"],
 }
 
 

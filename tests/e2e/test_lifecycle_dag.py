@@ -16,7 +16,7 @@ from tests.e2e.airflow_env import airflow_env, dag_test, migrate, runs
 
 pytestmark = pytest.mark.e2e
 STAGES = ["ingest", "validate", "preprocess", "train", "register", "compress", "evaluate",
-          "promote"]
+          "canary", "promote"]
 # Compression on in run 1 with a gate every candidate passes, so the choice is the policy's.
 COMPRESS_ON = {"compress_methods": ["torch_int8_dynamic", "modelopt_int8", "prune_structured"],
                "compress_policy": "smallest", "finetune_steps": 10,
@@ -60,6 +60,7 @@ def test_two_runs_second_compares_against_first_champion(env):
     smallest = min(compressed["candidates"], key=lambda c: c["measurement"]["size_bytes"])
     assert compressed["method"] == smallest["method"] and chosen == smallest["version"]
     assert f"compress: challenger is version {chosen} ({smallest['method']})" in summary.stdout
+    assert "canary: skipped, no champion yet" in summary.stdout
     assert f"promote: promoted version {chosen}; champion is {chosen}" in summary.stdout
     client = _client(env)
     champion = client.get_model_version_by_alias("aigc-gpt2", "champion")
@@ -76,6 +77,13 @@ def test_two_runs_second_compares_against_first_champion(env):
     assert latest.tags["aigc.role"] == "trained"  # compression off: the trained model itself
     assert latest.tags["aigc.decision"] in ("promoted", "rejected")
     assert "champion" in latest.tags["aigc.decision_reason"]
+    # The second challenger meets a champion: the canary runs against a server the stage
+    # started, under synthetic load, and promotion follows its decision.
+    canary = json.loads(latest.tags["aigc.canary"])
+    assert canary["champion"] == chosen and canary["steps"]
+    assert canary["decision"] in ("promote", "rollback")
+    assert (latest.tags["aigc.decision"] == "promoted") == (canary["decision"] == "promote")
+    assert f"canary: {canary['decision']} version {latest.version}" in summary.stdout
 
     # Lineage is one query: the parent run of each DAG run holds one nested run per stage.
     exp = client.get_experiment_by_name("aigc_lifecycle")
@@ -109,7 +117,7 @@ def test_validation_gate_fails_the_run_and_registers_nothing(env):
     assert summary.returncode == 1
     assert "validation: FAILED" in summary.stdout
     assert ("not completed: validate, preprocess, train, register, compress, evaluate, "
-            "promote") in summary.stdout
+            "canary, promote") in summary.stdout
     assert _client(env).search_model_versions("name = 'gate-model'") == []
 
 

@@ -89,10 +89,15 @@ class Server:
         return {"Authorization": f"Bearer {self.admin_key if admin else self.api_key}"}
 
 
-def start_server(registry: Registry, tmp: Path, **env: str) -> Iterator[Server]:
+def new_keys() -> dict[str, str]:
+    return {"AIGC_API_KEYS": secrets.token_hex(8), "AIGC_ADMIN_KEY": secrets.token_hex(8)}
+
+
+def start_server(registry: Registry, tmp: Path, keys: dict[str, str] | None = None,
+                 **env: str) -> Iterator[Server]:
     from serving.local import local_server
 
-    keys = {"AIGC_API_KEYS": secrets.token_hex(8), "AIGC_ADMIN_KEY": secrets.token_hex(8)}
+    keys = keys or new_keys()
     db = tmp / "feedback.db"
     with local_server(registry.env() | keys | {"AIGC_FEEDBACK_DB": str(db),
                                                "AIGC_RELOAD_INTERVAL_S": "0.5"} | env,
