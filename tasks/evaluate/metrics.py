@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks.registry.runtime import CausalLM
+from tasks.registry.runtime import CausalLM, position_ids
 from tasks.text import format_example, format_prompt
 
 
@@ -101,14 +101,37 @@ class Generated:
     tokens: int  # new tokens produced (end-of-text included when it stopped there)
 
 
+def _next_logits(lm: CausalLM, width: int, longest: int):
+    """A function (ids, mask) -> last-position logits for the growing batch.
+
+    With a key/value cache (a transformers model, and the whole generation fits the
+    context) each step feeds only the new token; otherwise the whole window is recomputed
+    (any format, and a window that slides past the context)."""
+    model = getattr(lm, "incremental", None)
+    n = lm.n_positions
+    if model is None or width + longest > n:
+        return lambda ids, mask: lm.logits(ids[:, -n:], mask[:, -n:])[:, -1].float()
+    past = None
+
+    def step(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        nonlocal past
+        new = slice(None) if past is None else slice(-1, None)
+        out = model(input_ids=ids[:, new], attention_mask=mask,
+                    position_ids=position_ids(mask)[:, new], past_key_values=past,
+                    use_cache=True)
+        past = out.past_key_values
+        return out.logits[:, -1].float()
+    return step
+
+
 @torch.no_grad()
 def generate_rows(lm: CausalLM, tokenizer, prompts: Sequence[str], sampling: Sequence[Sampling],
                   generators: Sequence[torch.Generator]) -> list[Generated]:
     """One left-padded batch, each row sampled with its own settings and generator.
 
-    The whole context is recomputed per token (no KV cache): every artifact format, ONNX and
-    exported graphs included, then needs only a logits function. The context window slides,
-    so a generation may be longer than the model's context; a long prompt keeps its end."""
+    Formats that only give logits (ONNX, exported graphs) recompute the context per token;
+    transformers models keep a key/value cache. Past the model's context the window slides,
+    so a generation may be longer than the context; a long prompt keeps its end."""
     longest = max(s.max_new_tokens for s in sampling)
     n = lm.n_positions
     tokenizer.padding_side = "left"
@@ -121,8 +144,9 @@ def generate_rows(lm: CausalLM, tokenizer, prompts: Sequence[str], sampling: Seq
     limits = torch.tensor([s.max_new_tokens for s in sampling])
     produced = torch.zeros(len(ids), dtype=torch.long)
     done = limits <= 0
+    next_logits = _next_logits(lm, start, longest)
     for _ in range(longest):
-        logits = lm.logits(ids[:, -n:], mask[:, -n:])[:, -1].float()
+        logits = next_logits(ids, mask)
         step = torch.stack([sample_next(logits[i], s.temperature, s.top_p, g)
                             for i, (s, g) in enumerate(zip(sampling, generators, strict=True))])
         step[done] = tokenizer.pad_token_id

@@ -64,6 +64,16 @@ class TorchLM:
         ids, mask = input_ids.to(self.device), attention_mask.to(self.device)
         return self.module(ids, mask, position_ids(mask)).float().cpu()
 
+    @property
+    def incremental(self) -> Any:
+        """The transformers model under LogitsOf on the CPU (plain or quantized in eager
+        mode), which can keep a key/value cache while generating; None for exported graphs
+        and other modules, which only recompute."""
+        from transformers import PreTrainedModel
+
+        inner = getattr(self.module, "model", None)
+        return inner if self.device == "cpu" and isinstance(inner, PreTrainedModel) else None
+
 
 @dataclass
 class OnnxLM:

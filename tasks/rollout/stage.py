@@ -115,15 +115,22 @@ def kserve_target() -> Any:
                         name=os.environ.get("AIGC_KSERVE_SERVICE", "aigc-model"))
 
 
-def _kserve(version: str) -> tuple[Any, MetricsSource]:
+def metrics_source(server_url: str | None) -> MetricsSource:
+    """Prometheus when configured (every replica summed), else the one server's /metrics."""
     prometheus = os.environ.get("AIGC_PROMETHEUS_URL")
-    if not prometheus:
+    if prometheus:
+        return PrometheusMetrics(prometheus, os.environ.get("AIGC_PROMETHEUS_SELECTOR", ""))
+    if server_url is None:
         raise BadInput("AIGC_PROMETHEUS_URL: the kubernetes canary reads its metrics there")
+    return ServerMetrics(server_url)
+
+
+def _kserve(version: str) -> tuple[Any, MetricsSource]:
+    source = metrics_source(None)
     target = kserve_target()
     # A new revision serving the challenger, with no traffic until the first step.
     target.start(version, 0)
-    selector = os.environ.get("AIGC_PROMETHEUS_SELECTOR", "")
-    return target, PrometheusMetrics(prometheus, selector)
+    return target, source
 
 
 def _log_step(run_: Any) -> Any:
@@ -165,7 +172,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             with local_target(ctx, prompts) as (url, admin_key):
                 target = ServerTarget(url, admin_key)
                 _check_served(target, champion, version)
-                outcome = run_canary(target=target, source=ServerMetrics(url),
+                outcome = run_canary(target=target, source=metrics_source(url),
                                      champion=champion, challenger=version, policy=policy,
                                      interval_s=ctx.config.canary_interval_s,
                                      on_step=_log_step(run_))

@@ -11,12 +11,15 @@ import kubernetes_validate
 import pytest
 
 from tasks.errors import BadInput
+from tasks.rollout.controller import run_canary
 from tasks.rollout.kserve import (
     CONTAINER,
     KServeTarget,
     render_inference_service,
     served_version,
 )
+from tasks.rollout.policy import Action, CanaryPolicy
+from tests.rollout.scripted import Traffic
 
 K8S_VERSION = "1.33.0"
 SCHEMA = json.loads(Path(__file__).with_name("inferenceservice_v1beta1.schema.json").read_text())
@@ -262,3 +265,19 @@ def test_start_refuses_to_overwrite_a_concurrent_change(target):
     with pytest.raises(RuntimeError, match="Conflict"):
         t.start("4", 5)
     assert served_version(api.obj) == "3"
+
+
+@pytest.mark.parametrize(("error_rate", "action", "final"), [
+    (0.0, Action.PROMOTE, None), (0.5, Action.ROLLBACK, 0)])
+def test_the_controller_drives_the_inference_service(error_rate, action, final):
+    api = FakeCustomObjects(_render(version="1"))
+    kserve = KServeTarget(api, namespace="aigc", name="aigc-gpt2")
+    kserve.start("2", 0)
+    outcome = run_canary(target=kserve, source=Traffic(lambda: api.canary or 0, error_rate),
+                         champion="1", challenger="2", policy=CanaryPolicy(min_requests=10),
+                         interval_s=60, sleep=lambda s: None)
+    assert outcome.action is action
+    if action is Action.PROMOTE:
+        kserve.promote("2")
+    assert api.canary == final and served_version(api.obj) == "2"
+    jsonschema.validate(api.obj, SCHEMA)

@@ -18,6 +18,7 @@ from tasks.rollout.observe import (
     snapshots_from_text,
 )
 from tasks.rollout.policy import Action, CanaryPolicy
+from tests.rollout.scripted import Traffic
 
 POLICY = CanaryPolicy(min_requests=10)
 BUCKETS = ((0.1, 0.0), (0.2, 0.0), (float("inf"), 0.0))
@@ -71,27 +72,6 @@ class FakeTarget:
         self.weights.append(weight)
 
 
-class Traffic:
-    """Cumulative counters that grow with the weight set on the target, per snapshot."""
-
-    def __init__(self, target: FakeTarget, challenger_error_rate: float = 0.0,
-                 fail_after: int | None = None) -> None:
-        self.target, self.rate, self.fail_after = target, challenger_error_rate, fail_after
-        self.totals = {"1": [0.0, 0.0], "2": [0.0, 0.0]}
-        self.calls = 0
-
-    def snapshot(self) -> dict[str, Snapshot]:
-        self.calls += 1
-        if self.fail_after is not None and self.calls > self.fail_after:
-            raise ConnectionError("metrics endpoint gone")
-        weight = self.target.weights[-1] if self.target.weights else 0
-        for version, share, rate in (("1", 100 - weight, 0.0), ("2", weight, self.rate)):
-            self.totals[version][0] += share * 2
-            self.totals[version][1] += share * 2 * rate
-        return {v: Snapshot(r, e, buckets=((0.1, r), (float("inf"), r)))
-                for v, (r, e) in self.totals.items()}
-
-
 def _run(traffic: Traffic, target: FakeTarget):
     return run_canary(target=target, source=traffic, champion="1", challenger="2",
                       policy=POLICY, interval_s=60, sleep=lambda s: None)
@@ -99,7 +79,7 @@ def _run(traffic: Traffic, target: FakeTarget):
 
 def test_a_healthy_canary_walks_the_steps_and_keeps_100_percent():
     target = FakeTarget()
-    outcome = _run(Traffic(target), target)
+    outcome = _run(Traffic(lambda: target.weights[-1] if target.weights else 0), target)
     assert outcome.action is Action.PROMOTE
     assert target.weights == [5, 25, 50, 100]
     # At 100 % the champion serves nothing: judged against its last well-sampled step.
@@ -109,7 +89,7 @@ def test_a_healthy_canary_walks_the_steps_and_keeps_100_percent():
 
 def test_an_erroring_canary_is_rolled_back_to_zero():
     target = FakeTarget()
-    outcome = _run(Traffic(target, challenger_error_rate=0.5), target)
+    outcome = _run(Traffic(lambda: target.weights[-1], challenger_error_rate=0.5), target)
     assert outcome.action is Action.ROLLBACK and target.weights == [5, 0]
     assert len(outcome.steps) == 1
 
@@ -117,7 +97,7 @@ def test_an_erroring_canary_is_rolled_back_to_zero():
 def test_a_failure_mid_canary_resets_the_weight_before_it_propagates():
     target = FakeTarget()
     with pytest.raises(ConnectionError):
-        _run(Traffic(target, fail_after=3), target)
+        _run(Traffic(lambda: target.weights[-1], fail_after=3), target)
     assert target.weights[-1] == 0 and len(target.weights) > 2
 
 

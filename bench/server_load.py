@@ -4,7 +4,7 @@ concurrency 1/8/16/32. Then the response cache on a Zipf-distributed prompt work
 ratio and the generated tokens (model compute) it saved. Writes bench/results/serving.json
 and docs/BENCHMARKS.md.
 
-    .venv/bin/python bench/serving.py [--steps 300] [--seconds 12]
+    .venv/bin/python bench/server_load.py [--steps 300] [--seconds 12]
 """
 
 from __future__ import annotations
@@ -40,38 +40,40 @@ from report import update_section  # noqa: E402
 
 CONCURRENCY = (1, 8, 16, 32)
 NEW_TOKENS = 16
+WARM_UP_S = 1.0
 ZIPF_PROMPTS, ZIPF_S, ZIPF_REQUESTS = 500, 1.1, 2000
 
 
 def load(send: Callable[[requests.Session, str, int], None], prompts: list[str],
          concurrency: int, seconds: float) -> dict:
-    """Closed loop: `concurrency` clients send back to back for `seconds`."""
+    """Closed loop: `concurrency` clients send back to back for `seconds` (after a short
+    warm-up that is not counted)."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
-    stop = time.monotonic() + seconds
+    counted_from = time.perf_counter() + WARM_UP_S
+    stop = counted_from + seconds
 
     def client(index: int) -> None:
         rng = random.Random(index)
         session = requests.Session()
-        while time.monotonic() < stop:
-            started = time.perf_counter()
+        while (started := time.perf_counter()) < stop:
             try:
                 send(session, rng.choice(prompts), rng.randrange(2**31))
             except Exception:  # noqa: BLE001 - counted, the run goes on
                 with lock:
                     errors[0] += 1
                 continue
-            with lock:
-                latencies.append(time.perf_counter() - started)
+            if started >= counted_from:
+                with lock:
+                    latencies.append(time.perf_counter() - started)
 
-    began = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - began
+    wall = time.perf_counter() - counted_from
     latencies.sort()
     return {"concurrency": concurrency, "requests": len(latencies), "errors": errors[0],
             "rps": len(latencies) / wall,
@@ -82,8 +84,10 @@ def load(send: Callable[[requests.Session, str, int], None], prompts: list[str],
 def ours(url: str, key: str) -> Callable[[requests.Session, str, int], None]:
     def send(session: requests.Session, prompt: str, seed: int) -> None:
         reply = session.post(f"{url}/v1/generate", headers={"Authorization": f"Bearer {key}"},
+                             # No seed: unseeded sampling is never cached, so every
+                             # request reaches the model (clients repeat their sequences).
                              json={"prompt": prompt, "max_new_tokens": NEW_TOKENS,
-                                   "temperature": 0.8, "seed": seed}, timeout=120)
+                                   "temperature": 0.8}, timeout=120)
         reply.raise_for_status()
     return send
 
@@ -100,11 +104,13 @@ def mlflow_serve_client(url: str) -> Callable[[requests.Session, str, int], None
 @contextlib.contextmanager
 def mlflow_serve(uri: str, env: dict[str, str], log: Path) -> Iterator[str]:
     port = free_port()
+    bindir = Path(sys.executable).parent
     with open(log, "ab") as out:
+        # It execs `uvicorn` by name: the venv's bin must come first on PATH.
         proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", uri,
-             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=os.environ | env)
+            [str(bindir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+             "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+            env=os.environ | env | {"PATH": f"{bindir}:{os.environ['PATH']}"})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -222,7 +228,7 @@ def write(results: dict) -> None:
     out = PROJECT_ROOT / "bench" / "results" / "serving.json"
     out.write_text(json.dumps(results, indent=2))
     rows = results["rows"]
-    lines = [f"`.venv/bin/python bench/serving.py` — {results['machine']}; demo model, "
+    lines = [f"`.venv/bin/python bench/server_load.py` — {results['machine']}; demo model, "
              f"{results['new_tokens']} new tokens per request, sampled (no cache hits); "
              "closed loop, each client sends back to back.", "",
              "| server | concurrency | req/s | P50 ms | P99 ms | errors |",
