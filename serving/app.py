@@ -21,15 +21,15 @@ from serving.cache import ResponseCache, cache_key, is_deterministic
 from serving.jobs import MemoryJobs, RedisJobs
 from serving.pool import GenItem, ModelPool
 from serving.settings import ServerSettings
-from serving.store import (
+from serving.telemetry import Telemetry
+from tasks.evaluate.metrics import Sampling
+from tasks.feedback.store import (
     FeedbackConflict,
     FeedbackRecord,
     FeedbackStore,
     RequestRecord,
     UnknownRequest,
 )
-from serving.telemetry import Telemetry
-from tasks.evaluate.metrics import Sampling
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**31 - 1

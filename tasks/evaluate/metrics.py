@@ -73,17 +73,21 @@ def likelihood(lm: CausalLM, tokenizer, pairs: Sequence[tuple[str, str]], batch_
     return Likelihood(nll=nll, tokens=tokens, chars=max(chars, 1))
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
-                generator: torch.Generator) -> torch.Tensor:
-    """One token per row: greedy at temperature 0, else nucleus sampling."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One token per row, each row with its own temperature (0 = greedy), nucleus and
+    generator, in one vectorised pass: a row's draw depends only on its own generator, not
+    on which other requests share the batch."""
+    greedy = logits.argmax(-1)
+    probs = torch.softmax(logits / temperature.clamp(min=1e-6)[:, None], dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     # Drop a token once the mass before it already reaches top_p; the first always stays.
-    sorted_probs[(sorted_probs.cumsum(-1) - sorted_probs) >= top_p] = 0
-    pick = torch.multinomial(sorted_probs, 1, generator=generator)
-    return order.gather(-1, pick).squeeze(-1)
+    sorted_probs = sorted_probs * ((sorted_probs.cumsum(-1) - sorted_probs) < top_p[:, None])
+    cdf = sorted_probs.cumsum(-1)
+    u = torch.stack([torch.rand((), generator=g) for g in generators]) * cdf[:, -1]
+    pick = (cdf < u[:, None]).sum(-1).clamp(max=logits.size(-1) - 1)
+    sampled = order.gather(-1, pick[:, None]).squeeze(-1)
+    return torch.where(temperature <= 0, greedy, sampled)
 
 
 @dataclass(frozen=True)
@@ -142,13 +146,14 @@ def generate_rows(lm: CausalLM, tokenizer, prompts: Sequence[str], sampling: Seq
     ids, mask = enc["input_ids"], enc["attention_mask"]
     start = ids.shape[1]
     limits = torch.tensor([s.max_new_tokens for s in sampling])
+    temperature = torch.tensor([s.temperature for s in sampling])
+    top_p = torch.tensor([s.top_p for s in sampling])
     produced = torch.zeros(len(ids), dtype=torch.long)
     done = limits <= 0
     next_logits = _next_logits(lm, start, longest)
     for _ in range(longest):
         logits = next_logits(ids, mask)
-        step = torch.stack([sample_next(logits[i], s.temperature, s.top_p, g)
-                            for i, (s, g) in enumerate(zip(sampling, generators, strict=True))])
+        step = sample_rows(logits, temperature, top_p, generators)
         step[done] = tokenizer.pad_token_id
         produced += (~done).long()
         ids = torch.cat([ids, step[:, None]], dim=1)

@@ -23,8 +23,8 @@ def test_key_value_cache_generates_what_recomputing_generates(tmp_path):
     from types import SimpleNamespace
 
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     from tasks.evaluate.metrics import Sampling, generate_rows
     from tasks.registry.runtime import LogitsOf, TorchLM
@@ -50,3 +50,23 @@ def test_key_value_cache_generates_what_recomputing_generates(tmp_path):
     fast, slow = run(cached), run(plain)
     assert fast == slow
     assert [g.tokens for g in fast][1] <= 5 and any(g.text for g in fast)
+
+
+def test_row_sampling_follows_each_rows_settings():
+    import torch
+
+    from tasks.evaluate.metrics import sample_rows
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 3))
+    temperature, top_p = torch.tensor([0.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 0.6])
+    draws = torch.stack([sample_rows(logits, temperature, top_p,
+                                     [torch.Generator().manual_seed(k * 3 + i)
+                                      for i in range(3)]) for k in range(4000)])
+    assert set(draws[:, 0].tolist()) == {0}  # greedy
+    freq = torch.bincount(draws[:, 1], minlength=4).float() / len(draws)
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03)
+    assert set(draws[:, 2].tolist()) == {0, 1}  # the nucleus of 0.6 holds two tokens
+    one = [torch.Generator().manual_seed(7)]
+    again = [torch.Generator().manual_seed(7)]
+    assert sample_rows(logits[1:2], temperature[1:2], top_p[1:2], one) == sample_rows(
+        logits[1:2], temperature[1:2], top_p[1:2], again)
