@@ -23,8 +23,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml scripts/build_horovod.sh
 	scripts/build_horovod.sh $(PY)
 	touch $@
 
-$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
+$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt scripts/get_promtool.sh
 	$(PY) -m pip install -q -r requirements-test.txt
+	# promtool checks the alert rules: Debian's prometheus package, unpacked into .cache.
+	scripts/get_promtool.sh || echo "promtool unavailable: the alert-rule tests will say so"
 	touch $@
 
 install: $(VENV)/.installed

@@ -7,8 +7,12 @@ import os
 from datetime import datetime, timedelta
 
 from aigc_airflow import config_params, stage_task
-from airflow.sdk import dag
+from aigc_airflow.alerts import on_failure
+from aigc_airflow.feedback import FEEDBACK_SNAPSHOTS
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag
 
+# A cron expression or preset, or "none" (then only feedback snapshots and manual or REST
+# triggers start runs).
 SCHEDULE = os.environ.get("AIGC_LIFECYCLE_SCHEDULE", "@weekly")
 TIMEOUTS = {
     "ingest": timedelta(minutes=20),
@@ -27,14 +31,17 @@ TIMEOUTS = {
 @dag(
     dag_id="aigc_lifecycle",
     description="Validate, train, compress, evaluate, canary and promote the AIGC model",
-    # A cron expression or preset; "none" disables the schedule (triggered runs only).
-    schedule=None if SCHEDULE.lower() == "none" else SCHEDULE,
+    # Retrain weekly, or as soon as the feedback DAG exports a snapshot (one run per event).
+    schedule=FEEDBACK_SNAPSHOTS if SCHEDULE.lower() == "none" else AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(SCHEDULE, timezone="UTC"), assets=FEEDBACK_SNAPSHOTS),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
     params=config_params(),
     tags=["aigc", "lifecycle", "training"],
+    on_failure_callback=on_failure,
     default_args={
+        "on_failure_callback": on_failure,
         "owner": "ml-platform",
         "retries": 2,
         "retry_delay": timedelta(seconds=30),

@@ -22,7 +22,7 @@ from serving.jobs import MemoryJobs, RedisJobs
 from serving.pool import GenItem, ModelPool
 from serving.settings import ServerSettings
 from serving.telemetry import Telemetry
-from tasks.evaluate.metrics import Sampling
+from tasks.evaluate.metrics import Sampling, distinct_n
 from tasks.feedback.store import (
     FeedbackConflict,
     FeedbackRecord,
@@ -160,6 +160,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             telemetry.errors.labels(model.version, route).inc()
         elif tier is None:
             telemetry.tokens.labels(model.version).inc(hit["tokens"])
+            telemetry.diversity.labels(model.version).observe(distinct_n([hit["text"]], 1))
         await run_in_threadpool(store.log_request, RequestRecord(
             request_id=request_id, model_name=settings.model_name,
             model_version=model.version, route=route, user_id=sticky, prompt=body.prompt,

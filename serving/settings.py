@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from tasks.errors import BadInput
 from tasks.settings import Settings
@@ -60,13 +59,12 @@ class ServerSettings:
     def from_env(cls, env: dict[str, str] | None = None) -> ServerSettings:
         env = dict(os.environ if env is None else env)
         base = Settings.from_env()
-        home = Path(env.get("AIGC_HOME", base.artifact_root.parent))
         return cls(
             model_name=env.get("AIGC_MODEL_NAME", "aigc-gpt2"),
             tracking_uri=env.get("MLFLOW_TRACKING_URI", base.tracking_uri),
             api_keys=_keys(env.get("AIGC_API_KEYS")),
             admin_key=env.get("AIGC_ADMIN_KEY", ""),
-            feedback_db=env.get("AIGC_FEEDBACK_DB", str(home / "serving" / "feedback.db")),
+            feedback_db=env.get("AIGC_FEEDBACK_DB", base.feedback_db),
             host=env.get("AIGC_SERVER_HOST", "127.0.0.1"),
             port=int(_number(env, "AIGC_SERVER_PORT", 8000, 0, 65535)),
             serve_version=env.get("AIGC_SERVE_VERSION") or None,

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 # Fine enough below 100 ms for a small model, wide enough for long generations.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5,
                    2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DIVERSITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class Telemetry:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, fds
         self.requests = Counter("aigc_requests", "Generate requests served, by model version "
                                 "and route (champion or challenger).", ["version", "route"],
                                 registry=r)
@@ -31,6 +33,10 @@ class Telemetry:
         self.feedback = Counter("aigc_feedback", "Feedback received, by model version and "
                                 "sentiment (positive or negative).", ["version", "sentiment"],
                                 registry=r)
+        self.diversity = Histogram("aigc_response_diversity", "Distinct-1 of each generated "
+                                   "response (unique words or CJK characters over all): a "
+                                   "repetition signal for quality alerts.", ["version"],
+                                   buckets=DIVERSITY_BUCKETS, registry=r)
         self.rejected = Counter("aigc_rejected_requests", "Requests refused before the model: "
                                 "bad input or authentication, by HTTP status.", ["status"],
                                 registry=r)

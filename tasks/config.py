@@ -26,8 +26,38 @@ def _f(default: Any, help: str, **schema: Any) -> Any:
     return field(default=default, metadata={"help": help, **schema})
 
 
+class CheckedConfig:
+    """A frozen dataclass whose fields carry their JSON schema: checked on construction,
+    built from and written to JSON dicts, and turned into Airflow Params."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """Build from a conf dict; unknown keys are an error, not silently ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown config field (known: {sorted(names)})")
+        # Arrays are tuples inside (the config is frozen and hashable), lists in JSON.
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+    @classmethod
+    def load(cls, source: str) -> Any:
+        """Parse a JSON string or a path to a JSON file."""
+        text = Path(source).read_text() if not source.lstrip().startswith("{") else source
+        return cls.from_dict(json.loads(text))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+
 @dataclass(frozen=True)
-class LifecycleConfig:
+class LifecycleConfig(CheckedConfig):
     """Every knob of one lifecycle run; bounds are enforced here and in the UI form."""
 
     dataset_uri: str = _f(
@@ -166,8 +196,7 @@ class LifecycleConfig:
                                  maximum=256)
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _check_field(f, getattr(self, f.name))
+        super().__post_init__()
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd: {self.n_embd} is not a multiple of n_head={self.n_head}")
         if self.val_fraction + self.test_fraction >= 0.5:
@@ -189,26 +218,34 @@ class LifecycleConfig:
         """Training processes in total: the global batch is split evenly across them."""
         return 1 if self.launcher == "single" else self.workers * self.nodes
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LifecycleConfig:
-        """Build from a conf dict; unknown keys are an error, not silently ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{unknown[0]}: unknown config field (known: {sorted(names)})")
-        # Arrays are tuples inside (the config is frozen and hashable), lists in JSON.
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
 
-    @classmethod
-    def load(cls, source: str) -> LifecycleConfig:
-        """Parse a JSON string or a path to a JSON file."""
-        text = Path(source).read_text() if not source.lstrip().startswith("{") else source
-        return cls.from_dict(json.loads(text))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
+@dataclass(frozen=True)
+class FeedbackConfig(CheckedConfig):
+    """The feedback DAG's knobs: drift windows, retrain thresholds, cooldown, what trains."""
+
+    model_name: str = _f("aigc-gpt2", "Registered model whose champion is watched.",
+                         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    window_hours: float = _f(24.0, "Recent window: the champion's feedback and responses "
+                             "in the last N hours.", exclusiveMinimum=0, maximum=8760)
+    baseline_hours: float = _f(168.0, "Baseline window: the N hours before the recent one.",
+                               exclusiveMinimum=0, maximum=8760)
+    min_new_feedback: int = _f(100, "New well-rated feedback rows that alone justify "
+                               "retraining.", minimum=1, maximum=10_000_000)
+    max_negative_rate_increase: float = _f(
+        0.10, "Drift: rise of the champion's negative-feedback rate (recent minus baseline) "
+        "that triggers retraining.", exclusiveMinimum=0, maximum=1)
+    min_window_feedback: int = _f(30, "Feedback per window before its negative rate counts.",
+                                  minimum=1, maximum=10_000_000)
+    max_diversity_drop: float = _f(
+        0.25, "Drift: relative drop of distinct-2 over the champion's responses that triggers "
+        "retraining.", exclusiveMinimum=0, maximum=1)
+    min_window_responses: int = _f(50, "Responses per window before diversity counts.",
+                                   minimum=1, maximum=10_000_000)
+    cooldown_hours: float = _f(24.0, "No retraining trigger within N hours of the last one.",
+                               minimum=0, maximum=8760)
+    min_rating: int = _f(4, "Rated feedback at or above this (or thumbs up) trains; the rest "
+                         "is excluded.", minimum=1, maximum=5)
 
 
 def _json_type(value: Any) -> str:
@@ -280,11 +317,11 @@ def _check_item(name: str, schema: dict[str, Any], item: Any) -> None:
         raise ConfigError(f"{name}: {item!r} is not one of {schema['enum']}")
 
 
-def params_schema() -> dict[str, dict[str, Any]]:
-    """Per-field default, description and schema: the source of the DAG's Airflow Params."""
-    defaults = LifecycleConfig().to_dict()
+def params_schema(cls: type[CheckedConfig] = LifecycleConfig) -> dict[str, dict[str, Any]]:
+    """Per-field default, description and schema: the source of a DAG's Airflow Params."""
+    defaults = cls().to_dict()
     return {
         f.name: {"default": defaults[f.name], "description": f.metadata["help"],
                  **field_schema(f)}
-        for f in dataclasses.fields(LifecycleConfig)
+        for f in dataclasses.fields(cls)
     }

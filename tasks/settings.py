@@ -22,6 +22,7 @@ class Settings:
     tracking_uri: str
     mlflow_artifact_root: str
     experiment: str
+    feedback_db: str = ""  # the serving request/feedback store: a SQLite path or postgresql:// URL
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -43,6 +44,8 @@ class Settings:
                 "AIGC_MLFLOW_ARTIFACT_ROOT", str((var / "mlflow" / "artifacts").resolve())
             ),
             experiment=os.environ.get("AIGC_EXPERIMENT", "aigc_lifecycle"),
+            feedback_db=os.environ.get("AIGC_FEEDBACK_DB",
+                                       str((var / "serving" / "feedback.db").resolve())),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -53,4 +56,4 @@ class Settings:
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "AIGC_MLFLOW_ARTIFACT_ROOT": self.mlflow_artifact_root,
             "AIGC_EXPERIMENT": self.experiment,
-        }
+        } | ({"AIGC_FEEDBACK_DB": self.feedback_db} if self.feedback_db else {})

@@ -65,7 +65,8 @@ def isolated_settings(root: Path):
 
     return Settings(artifact_root=root, allowed_roots=(str(root),),
                     tracking_uri=f"sqlite:///{root}/mlflow.db",
-                    mlflow_artifact_root=str(root / "mlartifacts"), experiment="t")
+                    mlflow_artifact_root=str(root / "mlartifacts"), experiment="t",
+                    feedback_db=str(root / "feedback.db"))
 
 
 def prepare_demo(root: Path, rows: int = 400) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from tasks.config import params_schema
+from tasks.config import CheckedConfig, LifecycleConfig, params_schema
 
 # Stages that move to a pod with compute_target=kubernetes (the heavy ones, which may want
 # a GPU: training, and compression for TensorRT); the rest stay light processes.
@@ -35,21 +35,19 @@ def server_env(conn_id: str = SERVER_CONNECTION) -> dict[str, str]:
     return env
 
 
-def config_params() -> dict[str, Any]:
-    """Airflow Params generated from LifecycleConfig: the UI form and REST conf validation."""
+def config_params(cls: type[CheckedConfig] = LifecycleConfig) -> dict[str, Any]:
+    """Airflow Params generated from a config class: the UI form and REST conf validation."""
     from airflow.sdk import Param
 
     return {
         name: Param(spec.pop("default"), description=spec.pop("description"), **spec)
-        for name, spec in params_schema().items()
+        for name, spec in params_schema(cls).items()
     }
 
 
 def context_config(params: dict[str, Any], conf: dict[str, Any] | None):
     """The run's config. Airflow has validated known conf keys against the Params but lets
     unknown ones through; merging conf back in makes an unknown key a named error."""
-    from tasks.config import LifecycleConfig
-
     return LifecycleConfig.from_dict(dict(params) | dict(conf or {}))
 
 
@@ -68,10 +66,16 @@ def stage_task(stage: str, *, execution_timeout: timedelta):
 
         context = get_current_context()
         dag_run = context["dag_run"]
+        inputs = dict(upstream or {})
+        if stage == "ingest":
+            from aigc_airflow.feedback import triggering_exports
+
+            if exports := triggering_exports(context):
+                inputs["feedback"] = {"exports": exports}
         try:
             ctx = StageContext(stage=stage, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
                                config=context_config(context["params"], dag_run.conf),
-                               inputs=upstream or {})
+                               inputs=inputs)
             if ctx.config.compute_target == "kubernetes" and stage in POD_STAGES:
                 from aigc_airflow.kube import run_remote
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.data.source import content_hash, read_source
+from tasks.data.source import COLUMNS, content_hash, read_source
 from tasks.stage import StageContext, atomic_path
 from tasks.tracking import stage_run
 
@@ -26,10 +26,26 @@ def write_parquet(frame: pd.DataFrame, target) -> None:
         frame.to_parquet(tmp, index=False)
 
 
+def feedback_rows(exports: list[dict[str, Any]], languages: tuple[str, ...]) -> pd.DataFrame:
+    """The pairs of the feedback snapshots that triggered this run, in the configured
+    languages (the rest stay in the store, counted in the log)."""
+    frames = [pd.read_parquet(e["uri"]) for e in exports]
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    kept = rows[rows["language"].isin(languages)]
+    if len(kept) < len(rows):
+        log.warning("feedback: %d of %d rows are in languages outside %s and are not used",
+                    len(rows) - len(kept), len(rows), list(languages))
+    return kept[list(COLUMNS)].reset_index(drop=True)
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.config
     frame = read_source(cfg.dataset_uri, tuple(cfg.languages), ctx.settings.allowed_roots)
     frame = sample_rows(frame, cfg.max_rows, cfg.seed)
+    # Feedback rows are added after sampling: max_rows never drops what users rated.
+    exports = ctx.inputs.get("feedback", {}).get("exports", [])
+    extra = feedback_rows(exports, tuple(cfg.languages))
+    frame = pd.concat([frame, extra], ignore_index=True) if len(extra) else frame
     digest = content_hash(frame)
     snapshot = ctx.stage_dir / f"dataset-{digest[:16]}.parquet"
     write_parquet(frame, snapshot)
@@ -37,8 +53,25 @@ def run(ctx: StageContext) -> dict[str, Any]:
              snapshot, digest)
     result = {"dataset_uri": str(snapshot), "rows": len(frame), "dataset_hash": digest,
               "source_uri": cfg.dataset_uri,
-              "languages": {k: int(v) for k, v in frame["language"].value_counts().items()}}
+              "languages": {k: int(v) for k, v in frame["language"].value_counts().items()},
+              "feedback": {"exports": [e["export_id"] for e in exports], "rows": len(extra)}}
     with stage_run(ctx) as run_:
-        run_.log_params({"source_uri": cfg.dataset_uri, "rows": len(frame)})
-        run_.set_tags({"aigc.dataset_hash": digest}, parent=True)
+        run_.log_params({"source_uri": cfg.dataset_uri, "rows": len(frame),
+                         "feedback_rows": len(extra)})
+        run_.set_tags({"aigc.dataset_hash": digest, "aigc.feedback_exports":
+                       ",".join(e["export_id"] for e in exports) or "none"}, parent=True)
+    if exports:
+        _mark_consumed(ctx, [e["export_id"] for e in exports])
     return result
+
+
+def _mark_consumed(ctx: StageContext, export_ids: list[str]) -> None:
+    """Lineage: these snapshots trained in this run (a retried ingest records the same)."""
+    from tasks.feedback.store import FeedbackStore
+
+    store = FeedbackStore(ctx.settings.feedback_db)
+    try:
+        for export_id in export_ids:
+            store.mark_consumed(export_id, ctx.run_id)
+    finally:
+        store.close()

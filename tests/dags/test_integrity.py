@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import params_schema
+from tasks.config import FeedbackConfig, params_schema
 from tasks.settings import PROJECT_ROOT
 
 DAGS = PROJECT_ROOT / "dags"
@@ -59,8 +59,35 @@ def test_params_come_from_the_config_schema(dagbag):
         assert param.schema["type"] == spec["type"], name
 
 
-def test_schedule_is_weekly_by_default(dagbag):
-    assert dagbag.dags["aigc_lifecycle"].schedule == "@weekly"
+def test_lifecycle_runs_weekly_or_on_a_feedback_snapshot(dagbag):
+    from aigc_airflow.feedback import FEEDBACK_SNAPSHOTS
+    from airflow.sdk import AssetOrTimeSchedule
+
+    schedule = dagbag.dags["aigc_lifecycle"].schedule
+    assert isinstance(schedule, AssetOrTimeSchedule)
+    assert schedule.timetable.expression == "0 0 * * 0"  # @weekly
+    assert schedule.asset_condition == FEEDBACK_SNAPSHOTS
+
+
+def test_feedback_dag_is_hourly_and_emits_the_snapshot_asset(dagbag):
+    from aigc_airflow.feedback import FEEDBACK_SNAPSHOTS
+
+    dag = dagbag.dags["aigc_feedback"]
+    assert dag.schedule == "@hourly" and dag.max_active_runs == 1
+    assert {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks} == {
+        "analyze": [], "retrain_needed": ["analyze"], "export": ["retrain_needed"]}
+    assert dag.get_task("export").outlets == [FEEDBACK_SNAPSHOTS]
+    assert set(dag.params.keys()) == set(params_schema(FeedbackConfig))
+
+
+def test_every_task_and_dag_alerts_on_failure(dagbag):
+    from aigc_airflow.alerts import on_failure
+
+    for dag in dagbag.dags.values():
+        assert dag.on_failure_callback in (on_failure, [on_failure]), dag.dag_id
+        for t in dag.tasks:
+            assert on_failure in (t.on_failure_callback or []) or t.on_failure_callback == \
+                on_failure, t.task_id
 
 
 PARSE_PROBE = """

@@ -1,0 +1,71 @@
+"""aigc_feedback: hourly, measure new feedback and the champion's drift; when
+`retrain_needed` says so, snapshot the new well-rated feedback and emit the Asset event that
+schedules aigc_lifecycle. Wiring only; the logic lives in `tasks.feedback`."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+from aigc_airflow import config_params
+from aigc_airflow.alerts import on_failure
+from aigc_airflow.feedback import FEEDBACK_SNAPSHOTS
+from airflow.sdk import dag, task
+
+from tasks.config import FeedbackConfig
+
+SCHEDULE = os.environ.get("AIGC_FEEDBACK_SCHEDULE", "@hourly")
+
+
+@dag(
+    dag_id="aigc_feedback",
+    description="Feedback volume and drift; triggers retraining through an Asset event",
+    schedule=None if SCHEDULE.lower() == "none" else SCHEDULE,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,  # two runs must not both see the same rows as new
+    params=config_params(FeedbackConfig),
+    tags=["aigc", "feedback", "monitoring"],
+    on_failure_callback=on_failure,
+    default_args={
+        "owner": "ml-platform",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(minutes=15),
+        "on_failure_callback": on_failure,
+    },
+    doc_md=__doc__,
+)
+def aigc_feedback():
+    @task
+    def analyze(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from aigc_airflow.feedback import analyze_feedback
+
+        return analyze_feedback(params or {})
+
+    @task.short_circuit
+    def retrain_needed(result: dict[str, Any]) -> bool:
+        return bool(result["retrain"])
+
+    @task(outlets=[FEEDBACK_SNAPSHOTS])
+    def export(params: dict[str, Any] | None = None, dag_run=None, outlet_events=None,
+               ) -> dict[str, Any]:
+        from aigc_airflow.feedback import export_feedback
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        exported = export_feedback(params or {}, dag_run.run_id)
+        if not exported["row_count"]:
+            # Skipped, so no Asset event: nothing new to train on after all.
+            raise AirflowSkipException("no rows left to export")
+        outlet_events[FEEDBACK_SNAPSHOTS].extra = {
+            "export_id": exported["export_id"], "uri": exported["uri"],
+            "rows": exported["row_count"]}
+        return exported
+
+    result = analyze()
+    retrain_needed(result) >> export()
+
+
+aigc_feedback()
