@@ -1,5 +1,6 @@
 """aigc_lifecycle: data to champion — ingest, validate, preprocess, train, register,
-compress, evaluate, canary, promote. Wiring only; every stage lives in the `tasks` package."""
+compress, evaluate, canary, promote, and the run report. Wiring only; every stage lives in
+the `tasks` package."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from datetime import datetime, timedelta
 from aigc_airflow import config_params, stage_task
 from aigc_airflow.alerts import on_failure
 from aigc_airflow.feedback import FEEDBACK_SNAPSHOTS
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag
+from aigc_airflow.report import ReportOperator
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
 # A cron expression or preset, or "none" (then only feedback snapshots and manual or REST
 # triggers start runs).
@@ -25,6 +27,7 @@ TIMEOUTS = {
     # Steps x analysis interval x holds: the default policy needs at most about 16 minutes.
     "canary": timedelta(hours=2),
     "promote": timedelta(minutes=10),
+    "report": timedelta(minutes=10),
 }
 
 
@@ -64,8 +67,21 @@ def aigc_lifecycle():
         {"compress": compress, "preprocess": preprocess})
     canary = stage_task("canary", execution_timeout=TIMEOUTS["canary"])(
         {"evaluate": evaluate, "preprocess": preprocess})
-    stage_task("promote", execution_timeout=TIMEOUTS["promote"])(
+    promote = stage_task("promote", execution_timeout=TIMEOUTS["promote"])(
         {"evaluate": evaluate, "canary": canary})
+    # After everything, failed or not: the run's HTML report, linked from the task.
+    promote >> ReportOperator(execution_timeout=TIMEOUTS["report"])
+
+    # The report succeeds on a failed run; this leaf keeps the run's state failed then.
+    # The failed stage has alerted already: no second alert from here.
+    @task(trigger_rule="one_failed", execution_timeout=TIMEOUTS["report"], retries=0,
+          on_failure_callback=None)
+    def run_failed() -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException("a stage failed: see its log and the run report")
+
+    promote >> run_failed()
 
 
 aigc_lifecycle()

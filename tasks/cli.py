@@ -25,6 +25,7 @@ STAGES: dict[str, str] = {
     "evaluate": "tasks.evaluate.offline:run",
     "canary": "tasks.rollout.stage:run",
     "promote": "tasks.registry.promote:run",
+    "report": "tasks.report:run",
 }
 
 log = logging.getLogger("tasks")

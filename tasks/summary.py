@@ -83,6 +83,9 @@ def render(run: dict[str, Any], results: dict[str, dict[str, Any]], run_dir: Pat
         lines.append(f"promote: {pr['decision']} version {pr['version']}; champion is "
                      f"{pr['champion_version'] or 'none'}")
         lines.append(f"  why: {pr['reason']}")
+    if rp := results.get("report"):
+        lines.append(f"report: {rp['report_uri']} ({len(rp['charts'])} charts; in MLflow: "
+                     f"{rp['url']})")
     missing = [s for s in STAGES if s not in results]
     if missing:
         lines.append(f"not completed: {', '.join(missing)}")

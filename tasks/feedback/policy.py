@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from tasks.config import FeedbackConfig
 
+# Rates are ratios of counts: 30/100 - 20/100 must count as the +10 points it is.
+EPS = 1e-9
+
 
 @dataclass(frozen=True)
 class FeedbackStats:
@@ -54,14 +57,14 @@ def retrain_needed(stats: FeedbackStats, policy: FeedbackConfig) -> RetrainDecis
         triggers.append(f"volume: {stats.new_usable} new rows (>= {policy.min_new_feedback})")
     if min(stats.recent_feedback, stats.baseline_feedback) >= policy.min_window_feedback:
         rise = stats.recent_negative_rate - stats.baseline_negative_rate
-        if rise >= policy.max_negative_rate_increase:
+        if rise >= policy.max_negative_rate_increase - EPS:
             triggers.append(f"drift: negative feedback {stats.recent_negative_rate:.1%} vs "
                             f"baseline {stats.baseline_negative_rate:.1%} (+{rise:.1%} >= "
                             f"+{policy.max_negative_rate_increase:.1%})")
     if (min(stats.recent_responses, stats.baseline_responses) >= policy.min_window_responses
             and stats.baseline_diversity > 0):
         drop = 1 - stats.recent_diversity / stats.baseline_diversity
-        if drop >= policy.max_diversity_drop:
+        if drop >= policy.max_diversity_drop - EPS:
             triggers.append(f"drift: distinct-2 {stats.recent_diversity:.3f} vs baseline "
                             f"{stats.baseline_diversity:.3f} (-{drop:.0%} >= "
                             f"-{policy.max_diversity_drop:.0%})")

@@ -1,0 +1,225 @@
+"""Report: one HTML page per lifecycle run with PNG charts — data, validation, loss curve,
+compression candidates, offline A/B, canary timeline — logged to the run's MLflow parent.
+It runs after every other stage, failed ones included, and shows whatever exists."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tasks.stage import StageContext, atomic_path
+from tasks.summary import STAGES, stage_results
+from tasks.tracking import TAG_RUN_ID, TAG_STAGE, stage_run
+
+log = logging.getLogger(__name__)
+Chart = Callable[[Any], None]  # draws on a matplotlib Figure
+TRAIN_FIELDS = ("steps", "launcher", "workers", "train_loss", "val_loss", "val_perplexity")
+
+
+def _save(fig: Any, target: Path) -> str:
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    return target.name
+
+
+def _plot(out: Path, name: str, draw: Chart, size: tuple[float, float] = (10, 3.6)) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    draw(fig)
+    return _save(fig, out / f"{name}.png")
+
+
+def data_chart(frame: pd.DataFrame) -> Chart:
+    def draw(fig: Any) -> None:
+        counts = frame["language"].fillna("unknown").value_counts()
+        ax1, ax2 = fig.subplots(1, 2)
+        ax1.bar(counts.index.astype(str), counts.values, color="#4c72b0")
+        ax1.set_title("rows per language")
+        for col, color in (("prompt", "#4c72b0"), ("response", "#dd8452")):
+            ax2.hist(frame[col].fillna("").str.len(), bins=40, alpha=0.6, label=col,
+                     color=color)
+        ax2.set_title("length in characters")
+        ax2.legend()
+    return draw
+
+
+def loss_chart(history: dict[str, list[tuple[int, float]]]) -> Chart:
+    def draw(fig: Any) -> None:
+        ax = fig.subplots()
+        for key, points in history.items():
+            ax.plot([s for s, _ in points], [v for _, v in points], marker=".", label=key)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title("training loss")
+        ax.legend()
+    return draw
+
+
+def compression_chart(candidates: list[dict[str, Any]]) -> Chart:
+    def draw(fig: Any) -> None:
+        ax = fig.subplots()
+        for c in candidates:
+            v = c["verdict"]
+            ax.scatter(v["size_ratio"], v["speedup"], s=80,
+                       color="#55a868" if v["passed"] else "#c44e52")
+            ax.annotate(f"{c['method']} ({v['quality_loss']:+.1%})",
+                        (v["size_ratio"], v["speedup"]), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
+        ax.axhline(1.0, color="grey", lw=0.5)
+        ax.axvline(1.0, color="grey", lw=0.5)
+        ax.set_xlabel("size vs uncompressed")
+        ax.set_ylabel("speed-up")
+        ax.set_title("compression candidates (green: passed the gate)")
+    return draw
+
+
+def ab_chart(evaluated: dict[str, Any]) -> Chart:
+    def draw(fig: Any) -> None:
+        keys = ("char_perplexity", "distinct_2", "similarity")
+        axes = fig.subplots(1, len(keys))
+        sides = [("challenger", evaluated["challenger"])]
+        if evaluated.get("champion"):
+            sides.insert(0, ("champion", evaluated["champion"]))
+        for ax, key in zip(axes, keys, strict=True):
+            ax.bar([n for n, _ in sides], [m[key] for _, m in sides],
+                   color=["#4c72b0", "#dd8452"][:len(sides)])
+            ax.set_title(key)
+    return draw
+
+
+def canary_chart(record: dict[str, Any]) -> Chart:
+    def draw(fig: Any) -> None:
+        steps = record["steps"]
+        x = list(range(1, len(steps) + 1))
+        ax1, ax2, ax3 = fig.subplots(1, 3)
+        ax1.step(x, [s["weight"] for s in steps], where="mid", marker="o")
+        ax1.set_ylim(0, 105)
+        ax1.set_title("challenger weight % per analysis")
+        for side, color in (("champion", "#4c72b0"), ("challenger", "#dd8452")):
+            obs = [s[side] for s in steps]
+            ax2.plot(x, [o["errors"] / o["requests"] if o["requests"] else 0 for o in obs],
+                     marker="o", label=side, color=color)
+            ax3.plot(x, [o["p99_ms"] for o in obs], marker="o", label=side, color=color)
+        ax2.set_title("error rate")
+        ax3.set_title("P99 ms")
+        ax3.legend()
+        fig.suptitle(f"canary: {record['decision']}")
+    return draw
+
+
+def _loss_history(ctx: StageContext) -> dict[str, list[tuple[int, float]]]:
+    import mlflow
+
+    from tasks.tracking import configure
+
+    experiment = configure(ctx.settings)
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([experiment], filter_string=(
+        f"tags.`{TAG_RUN_ID}` = '{ctx.run_id}' and tags.`{TAG_STAGE}` = 'train'"))
+    if not runs:
+        return {}
+    history = {key: sorted((m.step, m.value) for m in client.get_metric_history(
+        runs[0].info.run_id, key)) for key in ("train_loss", "val_loss")}
+    return {k: v for k, v in history.items() if v}
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values())
+                   + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def sections(ctx: StageContext, results: dict[str, dict[str, Any]], out: Path,
+             ) -> list[tuple[str, str, str | None]]:
+    """(title, html body, chart file or None) for each part whose stage left results."""
+    parts: list[tuple[str, str, str | None]] = []
+    if ing := results.get("ingest"):
+        frame = pd.read_parquet(ing["dataset_uri"])
+        parts.append(("Data", f"<p>{ing['rows']} rows from {html.escape(ing['source_uri'])}, "
+                      f"sha256 {ing['dataset_hash'][:16]}…; feedback rows "
+                      f"{ing.get('feedback', {}).get('rows', 0)}</p>",
+                      _plot(out, "data", data_chart(frame))))
+    if val := results.get("validate"):
+        report = Path(val["report_uri"])
+        text = report.read_text() if report.exists() else ""
+        parts.append(("Validation", f"<p>passed; PII masked {val['pii_masked']}</p>"
+                      f"<pre>{html.escape(text)}</pre>", None))
+    if history := _loss_history(ctx):
+        train = results.get("train", {})
+        summary = {k: train[k] for k in TRAIN_FIELDS if k in train}
+        parts.append(("Training", _table([summary] if summary else []),
+                      _plot(out, "loss", loss_chart(history))))
+    if (co := results.get("compress")) and co.get("candidates"):
+        rows = [{"method": c["method"], "version": c.get("version"), "passed":
+                 c["verdict"]["passed"], "size": f"{c['verdict']['size_ratio']:.3f}x",
+                 "speed-up": f"{c['verdict']['speedup']:.2f}x", "quality":
+                 f"{c['verdict']['quality_loss']:+.2%}"} for c in co["candidates"]
+                if "verdict" in c]
+        parts.append(("Compression", f"<p>challenger: {html.escape(str(co['method']))}</p>"
+                      + _table(rows), _plot(out, "compression", compression_chart(
+                          [c for c in co["candidates"] if "verdict" in c]))))
+    if ev := results.get("evaluate"):
+        parts.append(("Offline A/B", "<p>" + html.escape("; ".join(ev["decision"]["reasons"]))
+                      + "</p>", _plot(out, "ab", ab_chart(ev))))
+    canary_file = ctx.run_dir / "canary" / "canary.json"
+    if canary_file.exists():
+        record = json.loads(canary_file.read_text())
+        parts.append(("Canary", _table([{"analysis": i + 1, "weight": s["weight"], "action":
+                                         s["action"], "why": "; ".join(s["reasons"])}
+                                        for i, s in enumerate(record["steps"])]),
+                      _plot(out, "canary", canary_chart(record))))
+    elif ca := results.get("canary"):
+        parts.append(("Canary", f"<p>skipped: {html.escape(ca.get('reason', ''))}</p>", None))
+    if pr := results.get("promote"):
+        parts.append(("Decision", f"<p><b>{pr['decision']}</b> version {pr['version']}: "
+                      f"{html.escape(pr['reason'])}</p>", None))
+    return parts
+
+
+def render_html(ctx: StageContext, parts: list[tuple[str, str, str | None]],
+                missing: list[str]) -> str:
+    body = "".join(f"<h2>{t}</h2>{b}" + (f'<img src="{c}" alt="{t}">' if c else "")
+                   for t, b, c in parts)
+    note = f"<p class=missing>not completed: {', '.join(missing)}</p>" if missing else ""
+    return ("<!doctype html><meta charset=utf-8><title>aigc_lifecycle "
+            f"{html.escape(ctx.run_id)}</title><style>body{{font-family:sans-serif;max-width:"
+            "1100px;margin:auto}}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:2px 6px;font-size:13px}img{max-width:100%}.missing{color:#c44e52}"
+            f"</style><h1>Run {html.escape(ctx.run_id)}</h1>{note}{body}")
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import mlflow
+
+    out = ctx.stage_dir
+    results = stage_results(ctx.run_dir)
+    parts = sections(ctx, results, out)
+    missing = [s for s in STAGES if s not in results]
+    target = out / "report.html"
+    with atomic_path(target) as tmp:
+        tmp.write_text(render_html(ctx, parts, missing))
+    charts = [c for _, _, c in parts if c]
+    with stage_run(ctx) as run_:
+        client = mlflow.MlflowClient()
+        for name in ["report.html", *charts]:
+            client.log_artifact(run_.parent_id, str(out / name), "report")
+        experiment = client.get_run(run_.parent_id).info.experiment_id
+    ui = os.environ.get("AIGC_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
+    url = f"{ui}/#/experiments/{experiment}/runs/{run_.parent_id}/artifacts/report/report.html"
+    log.info("report: %s (%d charts); in MLflow: %s", target, len(charts), url)
+    return {"report_uri": str(target), "charts": charts, "url": url,
+            "mlflow_run_id": run_.parent_id, "missing": missing}
