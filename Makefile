@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 VAR := $(CURDIR)/var
 ENV := . $(VAR)/env.sh &&
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-CONF ?= {}
+# The demo's canary: shorter analyses than the production default (60 s, 50 requests).
+CONF ?= {"canary_interval_s": 15, "canary_min_requests": 20}
 MLFLOW_PORT ?= 5000
 
 .PHONY: run test install lint up down clean

@@ -317,9 +317,11 @@ def _check_item(name: str, schema: dict[str, Any], item: Any) -> None:
         raise ConfigError(f"{name}: {item!r} is not one of {schema['enum']}")
 
 
-def params_schema(cls: type[CheckedConfig] = LifecycleConfig) -> dict[str, dict[str, Any]]:
-    """Per-field default, description and schema: the source of a DAG's Airflow Params."""
-    defaults = cls().to_dict()
+def params_schema(cls: type[CheckedConfig] = LifecycleConfig,
+                  defaults: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Per-field default, description and schema: the source of a DAG's Airflow Params.
+    `defaults` (a validated config's dict) replaces the built-in defaults."""
+    defaults = defaults or cls().to_dict()
     return {
         f.name: {"default": defaults[f.name], "description": f.metadata["help"],
                  **field_schema(f)}

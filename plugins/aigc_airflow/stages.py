@@ -35,13 +35,23 @@ def server_env(conn_id: str = SERVER_CONNECTION) -> dict[str, str]:
     return env
 
 
+# Deployment-wide defaults for a DAG's Params (JSON text or a file path), e.g. what
+# scheduled and Asset-triggered runs use; a trigger's conf still overrides them.
+DEFAULTS_ENV = {"LifecycleConfig": "AIGC_LIFECYCLE_DEFAULTS",
+                "FeedbackConfig": "AIGC_FEEDBACK_DEFAULTS"}
+
+
 def config_params(cls: type[CheckedConfig] = LifecycleConfig) -> dict[str, Any]:
     """Airflow Params generated from a config class: the UI form and REST conf validation."""
+    import os
+
     from airflow.sdk import Param
 
+    source = os.environ.get(DEFAULTS_ENV.get(cls.__name__, ""), "")
+    defaults = cls.load(source).to_dict() if source.strip() else None
     return {
         name: Param(spec.pop("default"), description=spec.pop("description"), **spec)
-        for name, spec in params_schema(cls).items()
+        for name, spec in params_schema(cls, defaults).items()
     }
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from typing import Any
 
 import pandas as pd
 
-from tasks.data.source import COLUMNS, content_hash, read_source
+from tasks.config import LifecycleConfig
+from tasks.data.source import COLUMNS, DISALLOWED_CHARS, content_hash, read_source
 from tasks.stage import StageContext, atomic_path
 from tasks.tracking import stage_run
 
@@ -26,16 +29,38 @@ def write_parquet(frame: pd.DataFrame, target) -> None:
         frame.to_parquet(tmp, index=False)
 
 
-def feedback_rows(exports: list[dict[str, Any]], languages: tuple[str, ...]) -> pd.DataFrame:
-    """The pairs of the feedback snapshots that triggered this run, in the configured
-    languages (the rest stay in the store, counted in the log)."""
+def _unfit(prompt: str, response: str, cfg: LifecycleConfig) -> str | None:
+    """Why a feedback pair would fail the validation gate (which judges the whole dataset,
+    so one broken answer must not fail the run): None when it is fit to train on."""
+    texts = (prompt or "", response or "")
+    if any(not cfg.min_chars <= len(t) <= cfg.max_chars for t in texts):
+        return "length"
+    if any(re.search(DISALLOWED_CHARS, t) for t in texts):
+        return "characters"  # e.g. a half-decoded multi-byte character in a model answer
+    return None
+
+
+def feedback_rows(exports: list[dict[str, Any]], corpus: pd.DataFrame, cfg: LifecycleConfig,
+                  ) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The pairs of the feedback snapshots that triggered this run, minus those unfit to
+    train on, by reason (they stay in the store and the snapshot)."""
     frames = [pd.read_parquet(e["uri"]) for e in exports]
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
-    kept = rows[rows["language"].isin(languages)]
-    if len(kept) < len(rows):
-        log.warning("feedback: %d of %d rows are in languages outside %s and are not used",
-                    len(rows) - len(kept), len(rows), list(languages))
-    return kept[list(COLUMNS)].reset_index(drop=True)
+    seen = set(zip(corpus["prompt"], corpus["response"], strict=True))
+    kept, dropped = [], Counter()
+    for row in rows.itertuples(index=False):
+        reason = ("language" if row.language not in cfg.languages
+                  else "duplicate" if (row.prompt, row.response) in seen
+                  else _unfit(row.prompt, row.response, cfg))
+        if reason:
+            dropped[reason] += 1
+            continue
+        seen.add((row.prompt, row.response))
+        kept.append({c: getattr(row, c) for c in COLUMNS})
+    if dropped:
+        log.warning("feedback: %d of %d rows not used: %s", sum(dropped.values()), len(rows),
+                    dict(dropped))
+    return pd.DataFrame(kept, columns=COLUMNS), dict(dropped)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -44,7 +69,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     frame = sample_rows(frame, cfg.max_rows, cfg.seed)
     # Feedback rows are added after sampling: max_rows never drops what users rated.
     exports = ctx.inputs.get("feedback", {}).get("exports", [])
-    extra = feedback_rows(exports, tuple(cfg.languages))
+    extra, dropped = feedback_rows(exports, frame, cfg)
     frame = pd.concat([frame, extra], ignore_index=True) if len(extra) else frame
     digest = content_hash(frame)
     snapshot = ctx.stage_dir / f"dataset-{digest[:16]}.parquet"
@@ -54,7 +79,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     result = {"dataset_uri": str(snapshot), "rows": len(frame), "dataset_hash": digest,
               "source_uri": cfg.dataset_uri,
               "languages": {k: int(v) for k, v in frame["language"].value_counts().items()},
-              "feedback": {"exports": [e["export_id"] for e in exports], "rows": len(extra)}}
+              "feedback": {"exports": [e["export_id"] for e in exports], "rows": len(extra),
+                           "dropped": dropped}}
     with stage_run(ctx) as run_:
         run_.log_params({"source_uri": cfg.dataset_uri, "rows": len(frame),
                          "feedback_rows": len(extra)})

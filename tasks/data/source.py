@@ -13,6 +13,12 @@ import pandas as pd
 from tasks.config import ConfigError
 
 COLUMNS = ["prompt", "response", "language"]
+# Characters outside Latin, general punctuation and CJK (incl. full-width forms) are refused:
+# they are the usual sign of a broken encoding or binary garbage in a text column.
+DISALLOWED_CHARS = (
+    r"[^\t\n\r\x20-\x7e\u00a0-\u024f\u2010-\u206f\u2190-\u21ff\u2500-\u257f\u3000-\u303f\u3400-\u9fff"
+    r"\uf900-\ufaff\uff00-\uffef]"
+)
 DEMO_URI = "demo://chatterbot"
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _READERS = {

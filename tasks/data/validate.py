@@ -13,19 +13,13 @@ import pandas as pd
 from tasks.config import LifecycleConfig
 from tasks.data.ingest import write_parquet
 from tasks.data.pii import PATTERNS, mask_text
-from tasks.data.source import COLUMNS
+from tasks.data.source import COLUMNS, DISALLOWED_CHARS
 from tasks.errors import BadInput
 from tasks.stage import StageContext, atomic_path, write_json
 from tasks.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
-# Characters outside Latin, general punctuation and CJK (incl. full-width forms) are refused:
-# they are the usual sign of a broken encoding or binary garbage in a text column.
-DISALLOWED_CHARS = (
-    r"[^\t\n\r\x20-\x7e\u00a0-\u024f\u2010-\u206f\u2190-\u21ff\u2500-\u257f\u3000-\u303f\u3400-\u9fff"
-    r"\uf900-\ufaff\uff00-\uffef]"
-)
 TEXT_COLUMNS = ("prompt", "response")
 
 

@@ -162,7 +162,10 @@ def generate_rows(lm: CausalLM, tokenizer, prompts: Sequence[str], sampling: Seq
         if done.all():
             break
     texts = tokenizer.batch_decode(ids[:, start:], skip_special_tokens=True)
-    return [Generated(text=t.strip(), tokens=int(k)) for t, k in zip(texts, produced, strict=True)]
+    # Byte-level tokens can stop mid-character or pair into no character at all; what does
+    # not decode is dropped rather than shown as U+FFFD.
+    return [Generated(text=t.replace("\ufffd", "").strip(), tokens=int(k))
+            for t, k in zip(texts, produced, strict=True)]
 
 
 def generate(lm: CausalLM, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int,

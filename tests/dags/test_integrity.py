@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +124,23 @@ def test_parse_is_fast_and_touches_no_variable_connection_or_database(dag_file: 
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe["seconds"] < 2.0, probe
     assert probe["heavy"] == [], f"heavy modules imported at parse time: {probe['heavy']}"
+
+
+@pytest.mark.parametrize(("defaults", "expected"), [
+    ('{"max_steps": 7, "launcher": "single"}', {"max_steps": 7, "launcher": "single"}),
+    ('{"max_stepz": 7}', "max_stepz: unknown config field"),
+])
+def test_deployment_defaults_set_the_params_of_unconfigured_runs(defaults, expected, tmp_path):
+    probe = ("import json; from airflow.dag_processing.dagbag import DagBag; "
+             f"b = DagBag(dag_folder={str(DAGS / 'aigc_lifecycle.py')!r}); "
+             "d = b.dags.get('aigc_lifecycle'); print(json.dumps({'errors': "
+             "[str(e) for e in b.import_errors.values()], 'params': d and "
+             "{k: d.params[k] for k in ('max_steps', 'launcher')}}))")
+    env = os.environ | {"AIGC_LIFECYCLE_DEFAULTS": defaults, "AIRFLOW_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if isinstance(expected, dict):
+        assert result == {"errors": [], "params": expected}
+    else:
+        assert result["params"] is None and expected in result["errors"][0]

@@ -66,9 +66,25 @@ def test_snapshot_then_cooldown_then_ingest_merges_exactly_those_rows(tmp_path):
                        inputs={"feedback": {"exports": [
                            {"export_id": export.export_id, "uri": export.uri, "rows": 5}]}})
     result = ingest(ctx)
-    assert result["feedback"] == {"exports": [export.export_id], "rows": 5}
+    assert result["feedback"] == {"exports": [export.export_id], "rows": 5, "dropped": {}}
     merged = pd.read_parquet(result["dataset_uri"])
     assert result["rows"] == TINY["max_rows"] + 5 == len(merged)
     assert merged.tail(5)["prompt"].tolist() == snapshot["prompt"].tolist()
     assert store.query("SELECT consumed_by FROM feedback_exports") == [
         {"consumed_by": "lifecycle-1"}]
+
+
+def test_feedback_unfit_to_train_is_left_out_by_reason(tmp_path):
+    from tasks.data.ingest import feedback_rows
+
+    corpus = pd.DataFrame({"prompt": ["hi"], "response": ["hello"], "language": ["english"]})
+    snapshot = tmp_path / "s.parquet"
+    pd.DataFrame({
+        "prompt": ["hi", "ok?", "why?", "how?", "how?", "你好", "bonjour"],
+        "response": ["hello", "", "bro\u0000ken", "fine", "fine", "你好!", "salut"],
+        "language": ["english"] * 5 + ["chinese", "french"],
+    }).to_parquet(snapshot)
+    kept, dropped = feedback_rows([{"uri": str(snapshot)}], corpus,
+                                  LifecycleConfig.from_dict(TINY))
+    assert kept["prompt"].tolist() == ["how?", "你好"]
+    assert dropped == {"duplicate": 2, "length": 1, "characters": 1, "language": 1}
