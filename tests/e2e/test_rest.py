@@ -129,6 +129,9 @@ def test_trigger_with_conf_runs_to_success(api):
         s: "success" for s in ("ingest", "validate", "preprocess", "train", "register",
                                "compress", "evaluate", "canary", "promote", "report")} | {
         "run_failed": "skipped"}
+    # The report task's extra link, as the UI shows it, opens the report in MLflow.
+    links = session.get(f"{run_url}/taskInstances/report/links", timeout=60).json()
+    assert links["Run report"].endswith("/artifacts/report/report.html"), links
 
 
 FEEDBACK_ROWS = 6
