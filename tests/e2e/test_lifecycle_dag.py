@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,10 +44,13 @@ def _summary(env) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, check=False)
 
 
-def _compress_result(env, dag_run: dict) -> dict:
-    run_dir = Path(env["AIGC_HOME"]) / "artifacts" / "aigc_lifecycle" / safe_name(
+def _run_dir(env, dag_run: dict) -> Path:
+    return Path(env["AIGC_HOME"]) / "artifacts" / "aigc_lifecycle" / safe_name(
         dag_run["run_id"])
-    return json.loads((run_dir / "compress" / "result.json").read_text())
+
+
+def _compress_result(env, dag_run: dict) -> dict:
+    return json.loads((_run_dir(env, dag_run) / "compress" / "result.json").read_text())
 
 
 def test_two_runs_second_compares_against_first_champion(env):
@@ -84,6 +88,16 @@ def test_two_runs_second_compares_against_first_champion(env):
     assert canary["decision"] in ("promote", "rollback")
     assert (latest.tags["aigc.decision"] == "promoted") == (canary["decision"] == "promote")
     assert f"canary: {canary['decision']} version {latest.version}" in summary.stdout
+    # The run's report, opened: the charts it links exist and are real, non-empty images.
+    newest = max(runs(env), key=lambda r: r["start_date"])
+    report = json.loads((_run_dir(env, newest) / "report" / "result.json").read_text())
+    page = Path(report["report_uri"])
+    charts = re.findall(r'<img src="([^"]+)"', page.read_text())
+    assert charts == ["data.png", "loss.png", "ab.png", "canary.png"]  # no compression
+    for chart in charts:
+        data = (page.parent / chart).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, chart
+    assert f"report: {page}" in summary.stdout
 
     # Lineage is one query: the parent run of each DAG run holds one nested run per stage.
     exp = client.get_experiment_by_name("aigc_lifecycle")
@@ -95,7 +109,8 @@ def test_two_runs_second_compares_against_first_champion(env):
         assert parent[0].data.tags["aigc.dataset_hash"]
         children = client.search_runs([exp.experiment_id], filter_string=(
             f"tags.`mlflow.parentRunId` = '{parent[0].info.run_id}'"))
-        assert sorted(c.data.tags["aigc.stage"] for c in children) == sorted(STAGES)
+        assert sorted(c.data.tags["aigc.stage"] for c in children) == sorted([*STAGES,
+                                                                               "report"])
         train = next(c for c in children if c.data.tags["aigc.stage"] == "train")
         launchers.append((train.data.params["launcher"], train.data.params["workers"]))
     assert launchers == [("horovod", "2"), ("ddp", "2")]
