@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from serving.cache import ResponseCache, cache_key, is_deterministic
 from serving.jobs import MemoryJobs, RedisJobs
-from serving.pool import GenItem, ModelPool
+from serving.pool import GenItem, ModelPool, Serving
 from serving.settings import ServerSettings
 from serving.telemetry import Telemetry
 from tasks.evaluate.metrics import Sampling, distinct_n
@@ -259,29 +259,31 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    def canary_state(state: Serving | None = None) -> dict[str, Any]:
+        """Who serves and at what weight, from one read of the pool's state."""
+        state = state or pool.state
+        return {"champion": state.champion.version if state.champion else None,
+                "challenger": state.challenger.version if state.challenger else None,
+                "weight": state.weight if state.challenger else 0,
+                "errors": list(state.errors)}
+
     @app.get("/readyz", summary="Readiness: a champion is loaded")
     async def readyz() -> JSONResponse:
-        return JSONResponse(canary_state(), status_code=200 if pool.state.champion else 503)
+        state = pool.state
+        return JSONResponse(canary_state(state), status_code=200 if state.champion else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         state = pool.state
-        telemetry.canary_weight.set(state.weight if state.challenger else 0)
+        telemetry.canary_weight.set(canary_state(state)["weight"])
         telemetry.serving.clear()
         for alias, model in (("champion", state.champion), ("challenger", state.challenger)):
             if model is not None:
                 telemetry.serving.labels(alias, model.version).set(1)
         telemetry.jobs_queued.set(await jobs.depth())
         return Response(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)
-
-    def canary_state() -> dict[str, Any]:
-        state = pool.state
-        return {"champion": state.champion.version if state.champion else None,
-                "challenger": state.challenger.version if state.challenger else None,
-                "weight": state.weight if state.challenger else 0,
-                "errors": list(state.errors)}
 
     @app.get("/admin/canary", summary="Served versions and the challenger weight")
     async def get_canary(_: Annotated[None, Depends(admin)]) -> dict[str, Any]:

@@ -19,6 +19,8 @@ DEFAULT_COMPRESSION = ("torch_int8_dynamic", "inc_woq_rtn", "modelopt_int8", "pr
 
 # A URI the ingest stage accepts: the bundled demo, a local path, file:// or s3://.
 DATASET_URI_PATTERN = r"^(demo://chatterbot|file://.+|s3://.+|[^:]+)$"
+# What MLflow accepts as a registered model name, and what both DAGs' Params check.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
 def _f(default: Any, help: str, **schema: Any) -> Any:
@@ -112,7 +114,7 @@ class LifecycleConfig(CheckedConfig):
                     "launcher=horovod (a Kubeflow MPIJob).", minimum=1, maximum=256)
     seed: int = _f(1234, "Seed for splits, initialisation, batching and sampling.", minimum=0)
     model_name: str = _f("aigc-gpt2", "Registered model name in MLflow.",
-                         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+                         pattern=MODEL_NAME_PATTERN)
     eval_samples: int = _f(64, "Held-out prompts sampled for distinct-n and similarity.",
                            minimum=1, maximum=10000)
     max_new_tokens: int = _f(24, "Tokens generated per evaluation prompt.", minimum=1,
@@ -225,7 +227,7 @@ class FeedbackConfig(CheckedConfig):
     """The feedback DAG's knobs: drift windows, retrain thresholds, cooldown, what trains."""
 
     model_name: str = _f("aigc-gpt2", "Registered model whose champion is watched.",
-                         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+                         pattern=MODEL_NAME_PATTERN)
     window_hours: float = _f(24.0, "Recent window: the champion's feedback and responses "
                              "in the last N hours.", exclusiveMinimum=0, maximum=8760)
     baseline_hours: float = _f(168.0, "Baseline window: the N hours before the recent one.",

@@ -4,6 +4,7 @@ canary (when one ran) both say so."""
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,8 +38,6 @@ def retire_canary(canary: dict[str, Any] | None, version: str) -> None:
 
         kserve_target().promote(version)
     elif target.get("url"):
-        import os
-
         from tasks.rollout.controller import ServerTarget
 
         state = ServerTarget(target["url"], os.environ["AIGC_ADMIN_KEY"]).reload()

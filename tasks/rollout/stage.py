@@ -4,6 +4,7 @@ promote stage then moves `champion` only if every step passed."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -135,7 +136,7 @@ def _kserve(version: str) -> tuple[Any, MetricsSource]:
 
 def _log_step(run_: Any) -> Any:
     """MLflow metrics per analysis: the canary timeline, one step index per analysis."""
-    count = iter(range(1_000_000))
+    count = itertools.count()
 
     def log_step(record: StepRecord) -> None:
         metrics = {"canary.weight": float(record.weight)}

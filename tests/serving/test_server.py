@@ -39,7 +39,8 @@ def test_generate_names_the_version_and_logs_the_request(server, registry):
     champion = registry.versions["champion"]
     assert body["model_version"] == reply.headers["X-Model-Version"] == champion
     assert body["route"] == "champion" and isinstance(body["text"], str)
-    assert 1 <= body["tokens"] <= 4
+    assert 1 <= body["tokens"] <= 4  # max_new_tokens bounds what is generated
+    assert _gen(server, seed=1, max_new_tokens=1).json()["tokens"] == 1
     assert _rows(server, "SELECT model_version, status, tokens FROM requests WHERE "
                  "request_id = ?", body["request_id"]) == [(champion, "ok", body["tokens"])]
 
