@@ -61,20 +61,25 @@ def compact_record(outcome: CanaryOutcome) -> str:
 
 @contextlib.contextmanager
 def local_target(ctx: StageContext, prompts: list[str]) -> Iterator[tuple[str, str]]:
-    """(server url, admin key): the running server named by AIGC_SERVER_URL, else one
-    started here for this stage with throwaway keys, under synthetic load when asked."""
+    """(server url, admin key): the server named by AIGC_SERVER_URL, else one started here
+    for this stage with throwaway keys, under synthetic load when asked. A named server that
+    does not answer fails the stage (retried): rolling out on a stand-in would be a lie."""
     from serving.local import is_alive, local_server
     from tasks.rollout.traffic import TrafficGenerator
 
     url = os.environ.get("AIGC_SERVER_URL")
     cfg = ctx.config
-    if url and is_alive(url):
+    if url:
         admin_key, api_key = os.environ.get("AIGC_ADMIN_KEY"), os.environ.get("AIGC_API_KEY")
         if not admin_key:
             raise BadInput("AIGC_ADMIN_KEY: needed to steer the server at AIGC_SERVER_URL "
                            "(set it, or the Airflow Connection aigc_model_server)")
-        server = contextlib.nullcontext(None)
         synthetic = cfg.canary_traffic == "synthetic"
+        if synthetic and not api_key:
+            raise BadInput("AIGC_API_KEY: synthetic canary traffic needs a client key")
+        if not is_alive(url):
+            raise RuntimeError(f"AIGC_SERVER_URL: no model server answers at {url}/healthz")
+        server = contextlib.nullcontext(None)
     else:
         admin_key, api_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         server = local_server(ctx.settings.to_env() | {
@@ -84,8 +89,6 @@ def local_target(ctx: StageContext, prompts: list[str]) -> Iterator[tuple[str, s
         synthetic = cfg.canary_traffic != "real"
     with server as started:
         url = started.url if started else url
-        if synthetic and not api_key:
-            raise BadInput("AIGC_API_KEY: synthetic canary traffic needs a client key")
         traffic = (TrafficGenerator(url, api_key, prompts, concurrency=cfg.canary_concurrency,
                                     seed=cfg.seed).start() if synthetic else None)
         try:

@@ -81,3 +81,26 @@ def test_a_bad_challenger_is_rolled_back_and_the_champion_stays(registry, restor
     assert "rollback" in promoted["reason"]
     client = mlflow.MlflowClient(registry.settings.tracking_uri)
     assert alias_version(client, registry.name, "champion") == registry.versions["champion"]
+
+
+def test_a_named_server_that_does_not_answer_fails_the_stage(registry, monkeypatch):
+    """With a Connection naming a server, the canary never falls back to a stand-in."""
+    from serving.local import free_port
+
+    monkeypatch.setenv("AIGC_SERVER_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AIGC_ADMIN_KEY", "admin")
+    versions = registry.versions
+    evaluated = {"model_name": registry.name, "challenger_version": versions["healthy"],
+                 "champion_version": versions["champion"],
+                 "decision": {"promote": True, "reasons": ["offline gate passed"]}}
+    client = mlflow.MlflowClient(registry.settings.tracking_uri)
+
+    def record():
+        return client.get_model_version(registry.name, versions["healthy"]).tags.get(
+            "aigc.canary")
+
+    before = record()
+    with pytest.raises(RuntimeError, match="no model server answers"):
+        _run(registry, "canary", {"evaluate": evaluated, "preprocess": registry.prep},
+             f"canary-down-{uuid.uuid4().hex[:6]}")
+    assert record() == before  # nothing recorded for a canary that never ran
