@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 
 from tasks.config import LifecycleConfig
-from tasks.evaluate.metrics import likelihood
-from tasks.registry.runtime import LogitsOf, TorchLM, position_ids
+from tasks.lm.artifact import LogitsOf, TorchLM, position_ids
+from tasks.lm.likelihood import likelihood
 from tasks.settings import PROJECT_ROOT
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
@@ -67,7 +67,7 @@ def modelopt_on_cuda(model_dir: Path, data: Path, tokenizer, pairs) -> dict:
 
     from tasks.train.data import token_blocks
 
-    blocks = token_blocks(pd.read_parquet(data / "train.parquet"), tokenizer, 64)[:128]
+    blocks = token_blocks(pd.read_parquet(data / "train.parquet"), tokenizer, 64).ids[:128]
     rows = {}
     for name, qcfg in (("fp32", None), ("int8", mtq.INT8_DEFAULT_CFG),
                        ("fp8", mtq.FP8_DEFAULT_CFG)):

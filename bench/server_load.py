@@ -4,7 +4,12 @@ concurrency 1/8/16/32. Then the response cache on a Zipf-distributed prompt work
 ratio and the generated tokens (model compute) it saved. Writes bench/results/serving.json
 and docs/BENCHMARKS.md.
 
+With `--size gpt2-small` (and `llama-small`): the same server at real size (124 M and 127 M
+parameters, random weights, so every request generates all its tokens), batching on and off
+at concurrency 1 and 16; results in bench/results/serving-real.json.
+
     .venv/bin/python bench/server_load.py [--steps 300] [--seconds 12]
+    .venv/bin/python bench/server_load.py --size gpt2-small,llama-small [--seconds 30]
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from compression import demo_settings, train_demo  # noqa: E402
 from report import update_section  # noqa: E402
 
 CONCURRENCY = (1, 8, 16, 32)
+REAL_CONCURRENCY = (1, 16)
 NEW_TOKENS = 16
+MODEL_NAME = "aigc-gpt2"
 WARM_UP_S = 1.0
 ZIPF_PROMPTS, ZIPF_S, ZIPF_REQUESTS = 500, 1.1, 2000
 
@@ -168,27 +175,81 @@ def replay(url: str, key: str, workload: list[str], concurrency: int = 16) -> di
             "generated_tokens": metric(url, "aigc_generated_tokens_total") - tokens_before}
 
 
-def setup(root: Path, steps: int) -> tuple[dict[str, str], list[str]]:
-    """Train the demo model, register it as champion; (server env, test prompts)."""
+def serve_champion(root: Path, model_dir: Path, name: str) -> dict[str, str]:
+    """Register model_dir as the champion of `name`; the server's environment."""
     import mlflow
 
-    model_dir, _, val = train_demo(root, steps)
     settings = demo_settings(root)
-    ctx = StageContext(stage="register", dag_id="bench", run_id="serve",
+    ctx = StageContext(stage="register", dag_id="bench", run_id=f"serve-{name}",
                        config=LifecycleConfig(), settings=settings)
     with stage_run(ctx):
-        version = register(ctx, str(model_dir), "bench", {})
-    mlflow.MlflowClient().set_registered_model_alias(ctx.config.model_name, CHAMPION, version)
-    env = settings.to_env() | {"AIGC_MODEL_NAME": ctx.config.model_name,
-                               "AIGC_FEEDBACK_DB": str(root / "feedback.db")}
-    return env, sorted(set(val["prompt"]))
+        version = register(ctx, name, str(model_dir), "bench", {})
+    mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version)
+    return settings.to_env() | {"AIGC_MODEL_NAME": name,
+                                "AIGC_FEEDBACK_DB": str(root / "feedback.db")}
+
+
+def setup(root: Path, steps: int) -> tuple[dict[str, str], list[str]]:
+    """Train the demo model, register it as champion; (server env, test prompts)."""
+    model_dir, _, val = train_demo(root, steps)
+    return serve_champion(root, model_dir, MODEL_NAME), sorted(set(val["prompt"]))
+
+
+def real_size(root: Path, sizes: list[str], seconds: float) -> None:
+    """Batching on and off at concurrency 1 and 16 for real-size models."""
+    from tasks.data.source import load_demo
+    from tasks.scaffold import scaffold
+
+    prompts = sorted(set(load_demo(["english", "chinese"])["prompt"]))
+    keys = {"AIGC_API_KEYS": secrets.token_urlsafe(16),
+            "AIGC_ADMIN_KEY": secrets.token_urlsafe(16)}
+    results: dict = {"machine": f"{platform.processor() or platform.machine()}, "
+                     f"{os.cpu_count()} CPUs", "new_tokens": NEW_TOKENS, "rows": []}
+    for size in sizes:
+        arch = "llama" if size.startswith("llama") else "gpt2"
+        folder = scaffold(arch, root / size, size="gpt2-small")
+        env = serve_champion(root, folder, f"bench-{size}")
+        for name, extra in (("batching on", {"AIGC_MAX_BATCH": "16"}),
+                            ("batching off", {"AIGC_MAX_BATCH": "1"})):
+            with local_server(env | keys | extra, root / f"{size}-{name}.log") as server:
+                for c in REAL_CONCURRENCY:
+                    row = {"size": size, "server": name} | load(
+                        ours(server.url, keys["AIGC_API_KEYS"]), prompts, c, seconds)
+                    print(row, flush=True)
+                    results["rows"].append(row)
+    (PROJECT_ROOT / "bench" / "results" / "serving-real.json").write_text(
+        json.dumps(results, indent=2))
+    update_section("serving-real", render_real(results))
+
+
+def render_real(results: dict) -> str:
+    rows = results["rows"]
+    lines = ["| model | server | concurrency | req/s | P50 ms | P99 ms | errors |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['size']} | {r['server']} | {r['concurrency']} | {r['rps']:.2f} | "
+              f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |" for r in rows]
+    by = {(r["size"], r["server"], r["concurrency"]): r for r in rows}
+    lines += ["", f"{results['machine']}; random weights, {results['new_tokens']} new tokens "
+              "per request, sampled; closed loop.", ""]
+    for size in dict.fromkeys(r["size"] for r in rows):
+        for c in REAL_CONCURRENCY:
+            on, off = by[(size, "batching on", c)], by[(size, "batching off", c)]
+            lines.append(f"- {size}, concurrency {c}: batching {on['rps'] / off['rps']:.2f}x "
+                         f"the throughput, P99 {on['p99_ms'] / off['p99_ms']:.2f}x")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=300, help="demo model training steps")
     parser.add_argument("--seconds", type=float, default=12, help="per concurrency level")
+    parser.add_argument("--size", default="demo",
+                        help="demo, or real sizes: gpt2-small,llama-small")
     args = parser.parse_args()
+    if args.size != "demo":
+        with tempfile.TemporaryDirectory() as tmp:
+            real_size(Path(tmp), args.size.split(","), args.seconds)
+        return
     results: dict = {"machine": f"{platform.processor() or platform.machine()}, "
                      f"{os.cpu_count()} CPUs", "new_tokens": NEW_TOKENS, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,5 @@
-"""aigc_lifecycle: data to champion — ingest, validate, preprocess, train, register,
-compress, evaluate, canary, promote, and the run report. Wiring only; every stage lives in
+"""aigc_lifecycle: data to champion — base model, ingest, validate, preprocess, train,
+register, compress, evaluate, canary, promote, and the run report. Wiring only; every stage lives in
 the `tasks` package."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 # triggers start runs).
 SCHEDULE = os.environ.get("AIGC_LIFECYCLE_SCHEDULE", "@weekly")
 TIMEOUTS = {
+    # A hub or S3 download of a multi-GB checkpoint.
+    "base_model": timedelta(hours=1),
     "ingest": timedelta(minutes=20),
     "validate": timedelta(minutes=20),
     "preprocess": timedelta(minutes=30),
@@ -54,13 +56,15 @@ TIMEOUTS = {
     doc_md=__doc__,
 )
 def aigc_lifecycle():
+    base = stage_task("base_model", execution_timeout=TIMEOUTS["base_model"])()
     ingest = stage_task("ingest", execution_timeout=TIMEOUTS["ingest"])()
     validate = stage_task("validate", execution_timeout=TIMEOUTS["validate"])({"ingest": ingest})
     preprocess = stage_task("preprocess", execution_timeout=TIMEOUTS["preprocess"])(
-        {"validate": validate})
-    train = stage_task("train", execution_timeout=TIMEOUTS["train"])({"preprocess": preprocess})
+        {"validate": validate, "base_model": base})
+    train = stage_task("train", execution_timeout=TIMEOUTS["train"])(
+        {"preprocess": preprocess, "base_model": base})
     register = stage_task("register", execution_timeout=TIMEOUTS["register"])(
-        {"train": train, "ingest": ingest})
+        {"train": train, "ingest": ingest, "base_model": base})
     compress = stage_task("compress", execution_timeout=TIMEOUTS["compress"])(
         {"register": register, "preprocess": preprocess})
     evaluate = stage_task("evaluate", execution_timeout=TIMEOUTS["evaluate"])(

@@ -22,7 +22,6 @@ from serving.jobs import MemoryJobs, RedisJobs
 from serving.pool import GenItem, ModelPool, Serving
 from serving.settings import ServerSettings
 from serving.telemetry import Telemetry
-from tasks.evaluate.metrics import Sampling, distinct_n
 from tasks.feedback.store import (
     FeedbackConflict,
     FeedbackRecord,
@@ -30,6 +29,8 @@ from tasks.feedback.store import (
     RequestRecord,
     UnknownRequest,
 )
+from tasks.lm.generate import Sampling
+from tasks.text import distinct_n
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**31 - 1

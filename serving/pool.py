@@ -8,13 +8,13 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from serving.batching import Batcher
 from serving.settings import ServerSettings
-from tasks.evaluate.metrics import Generated, Sampling, generate_rows
+from tasks.lm import GenerativeModel
+from tasks.lm.generate import Generated, Sampling
 from tasks.registry.register import CHALLENGER, CHAMPION, alias_version
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,7 @@ class GenItem:
 class LoadedModel:
     version: str
     run_id: str | None
-    lm: Any
-    tokenizer: Any
+    model: GenerativeModel
     batcher: Batcher[GenItem, Generated] = field(repr=False)
     executor: ThreadPoolExecutor = field(repr=False)
 
@@ -43,9 +42,8 @@ class LoadedModel:
         timer.start()
 
     def generate(self, items: Sequence[GenItem]) -> list[Generated]:
-        return generate_rows(self.lm, self.tokenizer, [i.prompt for i in items],
-                             [i.sampling for i in items],
-                             [torch.Generator().manual_seed(i.seed) for i in items])
+        return self.model.generate_rows([i.prompt for i in items], [i.sampling for i in items],
+                                        [torch.Generator().manual_seed(i.seed) for i in items])
 
 
 @dataclass(frozen=True)
@@ -85,11 +83,11 @@ class ModelPool:
     def _load(self, version: str) -> LoadedModel:
         import mlflow
 
+        from tasks.lm.model import load
         from tasks.registry.model import model_dir_of
-        from tasks.registry.runtime import load_lm
 
         mv = mlflow.MlflowClient().get_model_version(self.settings.model_name, version)
-        lm, tokenizer = load_lm(model_dir_of(f"models:/{self.settings.model_name}/{version}"))
+        model = load(model_dir_of(f"models:/{self.settings.model_name}/{version}"))
         # One inference thread per version: batches of one version run in order, and a slow
         # challenger does not queue the champion's requests behind its own.
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-v{version}")
@@ -97,7 +95,7 @@ class ModelPool:
             lambda items: loaded.generate(items), max_batch=self.settings.max_batch,
             max_wait_s=self.settings.max_wait_ms / 1000, executor=executor,
             on_batch=lambda n: self.on_batch(version, n))
-        loaded = LoadedModel(version, mv.run_id, lm, tokenizer, batcher, executor)
+        loaded = LoadedModel(version, mv.run_id, model, batcher, executor)
         log.info("loaded %s version %s", self.settings.model_name, version)
         return loaded
 

@@ -13,9 +13,11 @@ from typing import Any
 
 from tasks.errors import EXIT_BAD_INPUT, BadInput, ConfigError
 from tasks.stage import RESULT_FILE, StageContext, write_json
+from tasks.threads import size_thread_pools
 
 # Stage name -> "module:function". Imported lazily so a stage pays only for what it uses.
 STAGES: dict[str, str] = {
+    "base_model": "tasks.train.base:run",
     "ingest": "tasks.data.ingest:run",
     "validate": "tasks.data.validate:run",
     "preprocess": "tasks.data.preprocess:run",
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("tasks").setLevel(logging.INFO)
+    log.info("%s: %d math thread(s) on the free cores", args.stage, size_thread_pools())
     try:
         payload = _read_payload(args.config)
         payload["stage"] = args.stage

@@ -21,6 +21,10 @@ DEFAULT_COMPRESSION = ("torch_int8_dynamic", "inc_woq_rtn", "modelopt_int8", "pr
 DATASET_URI_PATTERN = r"^(demo://chatterbot|file://.+|s3://.+|[^:]+)$"
 # What MLflow accepts as a registered model name, and what both DAGs' Params check.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+# A base model: none (train from scratch), a local folder, file://, s3://, an MLflow model
+# URI or a model hub id (hf://org/name or org/name); tasks.train.base tells them apart.
+BASE_MODEL_PATTERN = r"^(|models:/.+|s3://.+|file://.+|hf://.+|[^:]+)$"
+LAUNCHERS = ("horovod", "ddp", "fsdp", "single")
 
 
 def _f(default: Any, help: str, **schema: Any) -> Any:
@@ -84,15 +88,38 @@ class LifecycleConfig(CheckedConfig):
                              maximum=0.4)
     test_fraction: float = _f(0.1, "Share of prompts held out for the offline A/B test.",
                               minimum=0.01, maximum=0.4)
-    vocab_size: int = _f(1024, "BPE vocabulary size of the trained tokenizer.", minimum=300,
-                         maximum=65536)
-    n_layer: int = _f(4, "Transformer layers.", minimum=1, maximum=48)
-    n_embd: int = _f(128, "Hidden width; a multiple of n_head.", minimum=16, maximum=4096)
-    n_head: int = _f(4, "Attention heads.", minimum=1, maximum=64)
-    dropout: float = _f(0.1, "Dropout on embeddings, attention and residuals.", minimum=0,
-                        maximum=0.9)
-    block_size: int = _f(64, "Tokens per training sequence (and model context).", minimum=16,
-                         maximum=2048)
+    base_model: str = _f(
+        "", "Model to fine-tune. Empty: a small GPT-2 trained from scratch with its own "
+        "tokenizer (the demo). Otherwise a Hugging Face causal LM (config, safetensors "
+        "weights, tokenizer): a local folder under an allowed root (absolute, ./relative or "
+        "file://), s3://bucket/prefix under an allowed S3 root, a registered version "
+        "(models:/name@alias or models:/name/3; a compressed version trains from its "
+        "uncompressed source), or a model hub id (hf://org/name or org/name) where the hub "
+        "is reachable.", pattern=BASE_MODEL_PATTERN)
+    finetune_method: str = _f(
+        "full", "full: train every weight; lora: low-rank adapters on a frozen base_model "
+        "(registered merged into the base).", enum=["full", "lora"])
+    lora_r: int = _f(8, "LoRA rank.", minimum=1, maximum=1024)
+    lora_alpha: float = _f(16.0, "LoRA alpha (the update is scaled by alpha / r).",
+                           exclusiveMinimum=0, maximum=4096)
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA branch.", minimum=0, maximum=0.9)
+    lora_target_modules: list[str] = _f(
+        (), "Module names LoRA adapts, e.g. q_proj (empty: the attention and MLP projections "
+        "of the architecture).", items={"type": "string", "pattern": r"^[A-Za-z0-9_.]+$"},
+        uniqueItems=True)
+    loss_on_prompt: bool = _f(False, "Train on the prompt tokens too; by default only the "
+                              "response tokens carry loss.")
+    vocab_size: int = _f(1024, "From scratch only: BPE vocabulary size of the trained "
+                         "tokenizer.", minimum=300, maximum=65536)
+    n_layer: int = _f(4, "From scratch only: transformer layers.", minimum=1, maximum=48)
+    n_embd: int = _f(128, "From scratch only: hidden width, a multiple of n_head.", minimum=16,
+                     maximum=4096)
+    n_head: int = _f(4, "From scratch only: attention heads.", minimum=1, maximum=64)
+    dropout: float = _f(0.1, "From scratch only: dropout on embeddings, attention and "
+                        "residuals (a base model keeps its own).", minimum=0, maximum=0.9)
+    block_size: int = _f(64, "Tokens per training sequence (the context of a model trained "
+                         "from scratch; at most a base model's context).", minimum=16,
+                         maximum=8192)
     batch_size: int = _f(16, "Sequences per optimizer step.", minimum=1, maximum=1024)
     max_steps: int = _f(600, "Optimizer steps to train.", minimum=1, maximum=1_000_000)
     learning_rate: float = _f(3e-3, "Peak AdamW learning rate.", exclusiveMinimum=0, maximum=1.0)
@@ -101,8 +128,9 @@ class LifecycleConfig(CheckedConfig):
     checkpoint_every: int = _f(100, "Write a resumable checkpoint every N steps.", minimum=1)
     eval_every: int = _f(100, "Measure validation loss every N steps.", minimum=1)
     launcher: str = _f(
-        "horovod", "How training runs: horovod (horovodrun, gloo), ddp (torchrun) or single.",
-        enum=["horovod", "ddp", "single"])
+        "horovod", "How training runs: horovod (horovodrun, gloo), ddp (torchrun, data "
+        "parallel), fsdp (torchrun, FSDP2: parameters, gradients and optimizer state sharded "
+        "across workers) or single.", enum=list(LAUNCHERS))
     workers: int = _f(2, "Training processes per node (ignored by launcher=single).",
                       minimum=1, maximum=64)
     precision: str = _f("fp32", "fp32; bf16 autocast (CPU or GPU); fp16 with GradScaler "
@@ -113,8 +141,10 @@ class LifecycleConfig(CheckedConfig):
     nodes: int = _f(1, "Training nodes; more than one needs compute_target=kubernetes and "
                     "launcher=horovod (a Kubeflow MPIJob).", minimum=1, maximum=256)
     seed: int = _f(1234, "Seed for splits, initialisation, batching and sampling.", minimum=0)
-    model_name: str = _f("aigc-gpt2", "Registered model name in MLflow.",
-                         pattern=MODEL_NAME_PATTERN)
+    model_name: str = _f("", "Registered model name in MLflow (empty: the registered model a "
+                         "models:/ base belongs to, else aigc-<architecture>: aigc-gpt2 for "
+                         "the demo, aigc-llama for a Llama base).",
+                         pattern=f"^$|{MODEL_NAME_PATTERN}")
     eval_samples: int = _f(64, "Held-out prompts sampled for distinct-n and similarity.",
                            minimum=1, maximum=10000)
     max_new_tokens: int = _f(24, "Tokens generated per evaluation prompt.", minimum=1,
@@ -211,6 +241,9 @@ class LifecycleConfig(CheckedConfig):
         if self.canary_steps and (list(self.canary_steps) != sorted(self.canary_steps)
                                   or self.canary_steps[-1] != 100):
             raise ConfigError(f"canary_steps: {list(self.canary_steps)} must rise and end at 100")
+        if self.finetune_method == "lora" and not self.base_model:
+            raise ConfigError("finetune_method: lora needs a base_model (adapters on a "
+                              "randomly initialised model learn next to nothing)")
         if self.batch_size % self.world_size:
             raise ConfigError(f"batch_size: {self.batch_size} is not divisible by "
                               f"workers={self.world_size}")
@@ -317,6 +350,8 @@ def _check_item(name: str, schema: dict[str, Any], item: Any) -> None:
         raise ConfigError(f"{name}: item {item} is above the maximum {schema['maximum']}")
     if "enum" in schema and item not in schema["enum"]:
         raise ConfigError(f"{name}: {item!r} is not one of {schema['enum']}")
+    if "pattern" in schema and not re.fullmatch(schema["pattern"], item):
+        raise ConfigError(f"{name}: item {item!r} does not match {schema['pattern']}")
 
 
 def params_schema(cls: type[CheckedConfig] = LifecycleConfig,

@@ -15,12 +15,13 @@ from typing import Any
 import pandas as pd
 
 from tasks.stage import StageContext, atomic_path
-from tasks.summary import STAGES, stage_results
+from tasks.summary import STAGES, base_line, stage_results
 from tasks.tracking import TAG_RUN_ID, TAG_STAGE, stage_run
 
 log = logging.getLogger(__name__)
 Chart = Callable[[Any], None]  # draws on a matplotlib Figure
-TRAIN_FIELDS = ("steps", "launcher", "workers", "train_loss", "val_loss", "val_perplexity")
+TRAIN_FIELDS = ("steps", "launcher", "workers", "finetune_method", "trainable_parameters",
+                "train_loss", "val_loss", "val_perplexity")
 
 
 def _save(fig: Any, target: Path) -> str:
@@ -147,6 +148,8 @@ def sections(ctx: StageContext, results: dict[str, dict[str, Any]], out: Path,
              ) -> list[tuple[str, str, str | None]]:
     """(title, html body, chart file or None) for each part whose stage left results."""
     parts: list[tuple[str, str, str | None]] = []
+    if base := results.get("base_model"):
+        parts.append(("Base model", f"<p>{html.escape(base_line(base))}</p>", None))
     if ing := results.get("ingest"):
         frame = pd.read_parquet(ing["dataset_uri"])
         parts.append(("Data", f"<p>{ing['rows']} rows from {html.escape(ing['source_uri'])}, "

@@ -15,8 +15,8 @@ from tasks.settings import Settings
 from tasks.stage import RESULT_FILE, safe_name
 
 DAG_ID = "aigc_lifecycle"
-STAGES = ("ingest", "validate", "preprocess", "train", "register", "compress", "evaluate",
-          "canary", "promote")
+STAGES = ("base_model", "ingest", "validate", "preprocess", "train", "register", "compress",
+          "evaluate", "canary", "promote")
 
 
 def parse_runs(cli_output: str) -> list[dict[str, Any]]:
@@ -46,8 +46,19 @@ def _candidate_line(c: dict[str, Any]) -> str:
             f"quality {v['quality_loss']:+.2%}")
 
 
+def base_line(base: dict[str, Any]) -> str:
+    """What the run fine-tuned (or that it trained from scratch), in one line."""
+    if base["kind"] == "scratch":
+        return f"base model: none, a GPT-2 trained from scratch (registers as {base['model_name']})"
+    return (f"base model: {base['architecture']} ({base['parameters']:,} parameters, context "
+            f"{base['context']}) from {base['source']} ({base['kind']}); chat template: "
+            f"{base['chat_template']}; registers as {base['model_name']}")
+
+
 def render(run: dict[str, Any], results: dict[str, dict[str, Any]], run_dir: Path) -> str:
     lines = [f"run {run['run_id']}: {run['state']}", f"artifacts: {run_dir}"]
+    if base := results.get("base_model"):
+        lines.append(base_line(base))
     if ing := results.get("ingest"):
         lines.append(f"dataset: {ing['rows']} rows from {ing['source_uri']}, "
                      f"sha256 {ing['dataset_hash'][:16]}…")
@@ -57,7 +68,10 @@ def render(run: dict[str, Any], results: dict[str, dict[str, Any]], run_dir: Pat
     elif (run_dir / "validate" / "validation_report.md").exists():
         lines.append(f"validation: FAILED; report {run_dir / 'validate' / 'validation_report.md'}")
     if tr := results.get("train"):
-        lines.append(f"train: {tr['parameters']:,} parameters, {tr['steps']} steps; train loss "
+        method = ("" if tr["finetune_method"] == "full" else
+                  f" (LoRA: {tr['trainable_parameters']:,} trained)")
+        lines.append(f"train: {tr['parameters']:,} parameters{method}, {tr['steps']} steps on "
+                     f"{tr['workers']} {tr['launcher']} worker(s); train loss "
                      f"{tr['train_loss']:.3f}; held-out loss {tr['val_loss']:.3f}, perplexity "
                      f"{tr['val_perplexity']:.1f} (untrained {tr['untrained_val_perplexity']:.1f})")
     if reg := results.get("register"):

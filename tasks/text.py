@@ -1,14 +1,10 @@
-"""The dialog format shared by training, evaluation and serving."""
+"""Text helpers shared by data preparation, evaluation, serving and feedback."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
-
-USER = "<|user|>"
-BOT = "<|bot|>"
-EOS = "<|endoftext|>"
-SPECIAL_TOKENS = [EOS, USER, BOT]
+from collections.abc import Sequence
 
 
 def clean(text: str) -> str:
@@ -16,9 +12,18 @@ def clean(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
 
 
-def format_prompt(prompt: str) -> str:
-    return f"{USER}{prompt}{BOT}"
+def _units(text: str) -> list[str]:
+    """Words for space-separated scripts, characters for CJK (which has no spaces)."""
+    units: list[str] = []
+    for word in text.split():
+        if any("\u3400" <= ch <= "\u9fff" for ch in word):
+            units.extend(word)
+        else:
+            units.append(word.lower())
+    return units
 
 
-def format_example(prompt: str, response: str) -> str:
-    return f"{format_prompt(prompt)}{response}{EOS}"
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Unique n-grams over all n-grams across the generations (0 when there are none)."""
+    grams = [tuple(u[i: i + n]) for t in texts for u in [_units(t)] for i in range(len(u) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0

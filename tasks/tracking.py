@@ -97,6 +97,11 @@ class StageRun:
 
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
 
 @contextlib.contextmanager
 def stage_run(ctx: StageContext) -> Iterator[StageRun]:

@@ -10,6 +10,7 @@ import pytest
 
 from tasks.config import LifecycleConfig
 from tasks.localenv import local_env
+from tasks.stage import StageContext
 
 # The served-model registry and server fixtures, shared by the serving and rollout tests.
 pytest_plugins = ("tests.serving.fixtures",)
@@ -21,8 +22,15 @@ TINY: dict = {
     "checkpoint_every": 10, "eval_every": 20, "eval_samples": 8, "max_new_tokens": 8,
     "max_perplexity": 100000.0, "min_distinct_2": 0.0, "min_similarity": -1.0,
     "max_regression": 1.0, "canary_steps": [50, 100], "canary_interval_s": 2.0,
-    "canary_min_requests": 5, "canary_concurrency": 2,
+    "canary_min_requests": 5, "canary_concurrency": 2, "model_name": "aigc-gpt2",
 }
+
+
+def scratch_base() -> dict:
+    """The base_model stage's result for the from-scratch demo model (a train input)."""
+    from tasks.train.base import scratch
+
+    return scratch(LifecycleConfig.from_dict(TINY))
 
 
 @pytest.fixture
@@ -73,15 +81,31 @@ def prepare_demo(root: Path, rows: int = 400) -> dict:
     """A preprocessed demo sample (splits + tokenizer): the preprocess stage's result."""
     from tasks.data.preprocess import run as preprocess
     from tasks.data.source import load_demo
-    from tasks.stage import StageContext
 
     path = root / "masked.parquet"
     load_demo(["english", "chinese"]).sample(n=rows, random_state=0).to_parquet(path)
     ctx = StageContext(stage="preprocess", dag_id="d", run_id="prep",
                        config=LifecycleConfig.from_dict(TINY),
-                       inputs={"validate": {"dataset_uri": str(path)}},
+                       inputs={"validate": {"dataset_uri": str(path)},
+                               "base_model": scratch_base()},
                        settings=isolated_settings(root))
     return preprocess(ctx)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """(root, preprocess result) of a demo sample, once per test module."""
+    root = tmp_path_factory.mktemp("prepared")
+    return root, prepare_demo(root)
+
+
+def train_context(prepared, run_id: str, dag_id: str = "d", **conf) -> StageContext:
+    """The train stage of the from-scratch demo model on a prepared sample (TINY + conf)."""
+    root, prep = prepared
+    return StageContext(stage="train", dag_id=dag_id, run_id=run_id,
+                        config=LifecycleConfig.from_dict(TINY | conf),
+                        inputs={"preprocess": prep, "base_model": scratch_base()},
+                        settings=isolated_settings(root))
 
 
 def require_service(name: str, host: str, port: int) -> None:
@@ -96,3 +120,48 @@ def require_service(name: str, host: str, port: int) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{message}; CI must provide it")
         pytest.skip(f"{message}; start it to run this test")
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Small random base checkpoints (config, safetensors, tokenizer) of each architecture,
+    built locally: nothing is downloaded."""
+    from tasks.scaffold import ARCHITECTURES, scaffold
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {arch: scaffold(arch, root / arch) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API (moto's server) on loopback for the whole session; yields its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch: pytest.MonkeyPatch):
+    """An fsspec S3 filesystem on the loopback server, with the environment every S3 client
+    of the project (s3fs, in stages and subprocesses) reads."""
+    import fsspec
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_server}.items():
+        monkeypatch.setenv(key, value)
+    return fsspec.filesystem("s3", skip_instance_cache=True)
+
+
+def upload(fs, folder: Path, uri: str) -> str:
+    """Copy a local folder's files under an s3:// prefix."""
+    bucket = uri.removeprefix("s3://").split("/")[0]
+    if not fs.exists(bucket):
+        fs.mkdir(bucket)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fs.put_file(str(path), f"{uri.rstrip('/')}/{path.relative_to(folder)}")
+    return uri

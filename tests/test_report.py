@@ -32,6 +32,10 @@ def _results(settings, tmp_path: Path, full: bool) -> None:
     data = tmp_path / "data.parquet"
     pd.DataFrame({"prompt": ["hi", "你好", "how?"], "response": ["hello", "你好!", "fine"],
                   "language": ["english", "chinese", "english"]}).to_parquet(data)
+    write_json(run_dir / "base_model" / "result.json", {
+        "kind": "local", "source": "/models/llama", "architecture": "LlamaForCausalLM",
+        "parameters": 1_000_000, "context": 256, "chat_template": "plain",
+        "model_name": "aigc-llama"})
     write_json(run_dir / "ingest" / "result.json", {
         "dataset_uri": str(data), "rows": 3, "dataset_hash": "ab" * 32, "source_uri": "demo",
         "feedback": {"exports": [], "rows": 0}})
@@ -82,9 +86,11 @@ def test_a_full_run_renders_every_chart(tmp_path):
 
         pixels = matplotlib.image.imread(chart)
         assert pixels.shape[0] > 100 and np.std(pixels) > 0.01, chart  # not blank
-    for title in ("Data", "Validation", "Training", "Compression", "Offline A/B", "Canary",
-                  "Decision"):
+    for title in ("Base model", "Data", "Validation", "Training", "Compression",
+                  "Offline A/B", "Canary", "Decision"):
         assert f"<h2>{title}</h2>" in html
+    assert ("LlamaForCausalLM (1,000,000 parameters, context 256) from /models/llama (local)"
+            in html)
     assert result["missing"] == ["preprocess", "register"]  # not faked here
     import mlflow
 

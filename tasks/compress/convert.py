@@ -1,5 +1,5 @@
-"""Graph surgery the quantizers need: GPT-2's Conv1D as nn.Linear, an INT8 tied embedding,
-ONNX weight folding, and the inventory of which layers ended quantized."""
+"""Graph surgery the quantizers need: GPT-2's Conv1D as nn.Linear, INT8 embedding tables
+(and a tied head), ONNX weight folding, and the inventory of which layers ended quantized."""
 
 from __future__ import annotations
 
@@ -52,22 +52,55 @@ class Int8Embedding(torch.nn.Module):
 
 
 class Int8TiedHead(torch.nn.Module):
-    """The output projection reading the same INT8 matrix as the embedding."""
+    """The output projection reading the same INT8 matrix as the embedding, as an INT8 GEMM
+    with activations quantized on the fly (as torch.ao's dynamic Linear does).
+
+    The GEMM needs the matrix in fbgemm's packed layout; it is packed from the embedding's
+    INT8 rows when first used and never saved, so the file holds the matrix once. Measured
+    at GPT-2-small size: dequantizing the 50,257 x 768 matrix to fp32 in every forward left
+    the head as slow as fp32 (the whole model 1.2x faster than fp32), the packed INT8 head
+    2.6x at batch 8."""
 
     def __init__(self, embedding: Int8Embedding) -> None:
         super().__init__()
         self.embedding = embedding
+        self._packed: Any = None
+
+    def _pack(self) -> Any:
+        rows = self.embedding.qweight.shape[0]
+        weight = torch._make_per_channel_quantized_tensor(
+            self.embedding.qweight, self.embedding.scale.flatten().double(),
+            torch.zeros(rows, dtype=torch.long), 0)
+        return torch.ops.quantized.linear_prepack(weight, None)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(hidden, self.embedding.dequantized())
+        if self._packed is None:
+            self._packed = self._pack()
+        flat = hidden.reshape(-1, hidden.shape[-1]).float().contiguous()
+        out = torch.ops.quantized.linear_dynamic(flat, self._packed, reduce_range=True)
+        return out.reshape(*hidden.shape[:-1], out.shape[-1])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_packed"] = None  # derived from the embedding: rebuilt after loading
+        return state
 
 
 def quantize_embeddings(model: torch.nn.Module) -> torch.nn.Module:
-    """Swap a GPT-2's tied wte/lm_head for one INT8 matrix, and wpe for INT8 rows (in place)."""
-    embedding = Int8Embedding(model.transformer.wte.weight.detach())
-    model.transformer.wte = embedding
-    model.lm_head = Int8TiedHead(embedding)
-    model.transformer.wpe = Int8Embedding(model.transformer.wpe.weight.detach())
+    """Swap every embedding table for INT8 rows, in place: the token table (and, when the
+    head is tied to it, the head as a view of the same INT8 matrix) and learned position
+    tables such as GPT-2's. An untied head is an nn.Linear and is quantized with the rest."""
+    tokens = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight.data_ptr() == tokens.weight.data_ptr()
+    embedding = Int8Embedding(tokens.weight.detach())
+    model.set_input_embeddings(embedding)
+    if tied:
+        model.set_output_embeddings(Int8TiedHead(embedding))
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.Embedding):
+                setattr(parent, name, Int8Embedding(child.weight.detach()))
     return model
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from tasks.registry.runtime import INPUT_NAMES
+from tasks.lm.artifact import INPUT_NAMES
 
 
 def build_engine(onnx_path: Path, engine_path: Path, n_positions: int, max_batch: int = 16,

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from tasks.compress.gate import Measurement
-from tasks.evaluate.metrics import likelihood
-from tasks.registry.runtime import CausalLM, load_lm
+from tasks.lm.artifact import CausalLM
+from tasks.lm.model import load
 
 # Files that hold weights; tokenizer, config and manifest files are the same for every format.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pt2", ".onnx", ".data")
@@ -25,10 +25,12 @@ def size_bytes(model_dir: Path) -> int:
                if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
 
 
-def latency_ms(lm: CausalLM, batch: int, repeats: int = 20, seed: int = 0) -> float:
-    """Median wall time of one forward over a full context of `batch` sequences."""
+def latency_ms(lm: CausalLM, batch: int, length: int, repeats: int = 20, seed: int = 0,
+               ) -> float:
+    """Median wall time of one forward over `batch` sequences of `length` tokens (the
+    training block: a base model's context may be thousands of tokens)."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 256, (batch, lm.n_positions), generator=g)
+    ids = torch.randint(0, 256, (batch, min(length, lm.n_positions)), generator=g)
     mask = torch.ones_like(ids)
     for _ in range(3):  # warm-up: allocator, lazy kernels, onnxruntime's first-run work
         lm.logits(ids, mask)
@@ -47,9 +49,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(model, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def measure(model_dir: Path, pairs: Sequence[tuple[str, str]], batch: int) -> Measurement:
-    lm, tokenizer = load_lm(model_dir)
-    lik = likelihood(lm, tokenizer, pairs)
+def measure(model_dir: Path, pairs: Sequence[tuple[str, str]], batch: int, length: int,
+            ) -> Measurement:
+    """Quality within, and latency at, `length` tokens: the training block."""
+    model = load(model_dir)
+    lik = model.likelihood(pairs, window=length)
     return Measurement(perplexity=lik.perplexity, char_perplexity=lik.char_perplexity,
-                       size_bytes=size_bytes(model_dir), latency_ms=latency_ms(lm, batch),
-                       tokenizer=tokenizer_fingerprint(tokenizer))
+                       size_bytes=size_bytes(model_dir),
+                       latency_ms=latency_ms(model.lm, batch, length),
+                       tokenizer=tokenizer_fingerprint(model.tokenizer))

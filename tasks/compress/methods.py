@@ -1,9 +1,10 @@
 """Compression methods. Each reads the baseline from a Workbench and writes one loadable model
-folder (tokenizer + artifact + manifest, see tasks.registry.runtime); each returns a report of
+folder (tokenizer + artifact + manifest, see tasks.lm.artifact); each returns a report of
 what it did, including which layers ended quantized."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
@@ -23,8 +24,10 @@ from tasks.compress.convert import (
 )
 from tasks.config import LifecycleConfig
 from tasks.errors import BadInput
-from tasks.registry.runtime import INPUT_NAMES, LogitsOf, position_ids, write_manifest
-from tasks.train.data import batch_indices, token_blocks
+from tasks.lm.artifact import INPUT_NAMES, LogitsOf, position_ids, write_manifest
+from tasks.lm.likelihood import lm_loss
+from tasks.lm.template import prepare_tokenizer
+from tasks.train.data import Blocks, batch_indices, token_blocks
 from tasks.train.loop import lr_lambda
 
 log = logging.getLogger(__name__)
@@ -43,26 +46,30 @@ class Workbench:
     teacher: str = "challenger"  # what teacher_dir is, for the report
 
     @functools.cached_property
-    def train_blocks(self) -> torch.Tensor:
-        return token_blocks(self.train_frame, self.tokenizer, self.cfg.block_size)
+    def train_blocks(self) -> Blocks:
+        return token_blocks(self.train_frame, self.tokenizer, self.cfg.block_size,
+                            self.cfg.loss_on_prompt)
 
     @functools.cached_property
     def tokenizer(self):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(self.baseline_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(self.baseline_dir))
+        prepare_tokenizer(tokenizer)  # a no-op for the folders the lifecycle writes
+        return tokenizer
 
     def model(self):
         """A fresh copy of the baseline: every method transforms its own."""
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(str(self.baseline_dir)).eval()
+        return AutoModelForCausalLM.from_pretrained(str(self.baseline_dir),
+                                                    dtype=torch.float32).eval()
 
     def calibration(self) -> list[torch.Tensor]:
         """Seeded batches of training blocks: never validation or test data."""
         n = min(self.cfg.calibration_batches * self.cfg.batch_size, len(self.train_blocks))
         g = torch.Generator().manual_seed(self.cfg.seed)
-        chosen = self.train_blocks[torch.randperm(len(self.train_blocks), generator=g)[:n]]
+        chosen = self.train_blocks.ids[torch.randperm(len(self.train_blocks), generator=g)[:n]]
         return list(chosen.split(self.cfg.batch_size))
 
     def feed(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -70,12 +77,19 @@ class Workbench:
         return batch, mask, position_ids(mask)
 
     def example(self, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.feed(self.train_blocks[:batch])
+        return self.feed(self.train_blocks.ids[:batch])
+
+
+LossFn = Callable[[torch.nn.Module, Blocks], torch.Tensor]
+
+
+def lm_objective(model: torch.nn.Module, batch: Blocks) -> torch.Tensor:
+    """The training objective: next-token loss over the labelled tokens."""
+    return lm_loss(model(input_ids=batch.ids).logits, batch.labels)
 
 
 def fine_tune(model: torch.nn.Module, wb: Workbench, steps: int, peak_lr: float,
-              loss_fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
-              ) -> None:
+              loss_fn: LossFn = lm_objective) -> None:
     """Short seeded fine-tune (warm-up, cosine decay) on the training blocks; the one loop
     behind pruning recovery, QAT and distillation."""
     cfg = dataclasses.replace(wb.cfg, max_steps=steps, warmup_steps=max(1, steps // 10))
@@ -87,8 +101,7 @@ def fine_tune(model: torch.nn.Module, wb: Workbench, steps: int, peak_lr: float,
     for step in range(steps):
         batch = wb.train_blocks[batch_indices(step, len(wb.train_blocks), cfg.batch_size,
                                               cfg.seed)]
-        loss = (loss_fn(model, batch) if loss_fn else
-                model(input_ids=batch, labels=batch).loss)
+        loss = loss_fn(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -136,16 +149,20 @@ def qat_int8(wb: Workbench, out: Path) -> Report:
     model = conv1d_to_linear(wb.model())
     # The embedding tables stay fp32 while training (the head must keep its tie) and are
     # quantized with the rest at the end.
+    head = model.get_output_embeddings()
     for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module is not model.lm_head:
+        if isinstance(module, torch.nn.Linear) and module is not head:
             module.qconfig = default_dynamic_qat_qconfig
     prepare_qat(model.train(), mapping={torch.nn.Linear: nnqatd.Linear}, inplace=True)
     fine_tune(model, wb, wb.cfg.finetune_steps, wb.cfg.learning_rate * 0.1)
     for module in list(model.modules()):
         for name, child in module.named_children():
             if isinstance(child, nnqatd.Linear):
-                linear = torch.nn.Linear(child.in_features, child.out_features)
-                linear.load_state_dict({"weight": child.weight, "bias": child.bias})
+                linear = torch.nn.Linear(child.in_features, child.out_features,
+                                         bias=child.bias is not None)
+                linear.load_state_dict({k: v for k, v in (("weight", child.weight),
+                                                          ("bias", child.bias))
+                                        if v is not None})
                 setattr(module, name, linear)
     model = _dynamic_int8(model)
     report = save_torch(LogitsOf(model), wb, out, "qat_int8")
@@ -288,51 +305,98 @@ def tensorrt_int8(wb: Workbench, out: Path) -> Report:
     return report | build_engine(out / "model.onnx", out / "model.engine", wb.cfg.block_size)
 
 
-def distillation_loss(teacher: torch.nn.Module, cfg: LifecycleConfig,
-                      ) -> Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]:
+def distillation_loss(teacher: torch.nn.Module, cfg: LifecycleConfig) -> LossFn:
     """KL to the teacher's temperature-softened logits (scaled by T^2) mixed with the LM loss
     by `distill_alpha`: the student's loss, and the pruned model's recovery loss."""
     t, alpha = cfg.distill_temperature, cfg.distill_alpha
     teacher.eval()
 
-    def loss_fn(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    def loss_fn(model: torch.nn.Module, batch: Blocks) -> torch.Tensor:
         with torch.no_grad():
-            target = teacher(input_ids=batch).logits
-        out = model(input_ids=batch, labels=batch)
+            target = teacher(input_ids=batch.ids).logits
+        logits = model(input_ids=batch.ids).logits
+        # The teacher's whole distribution at every position: prompts included.
         kl = torch.nn.functional.kl_div(
-            torch.log_softmax(out.logits / t, -1).flatten(0, 1),
+            torch.log_softmax(logits / t, -1).flatten(0, 1),
             torch.log_softmax(target / t, -1).flatten(0, 1), log_target=True,
             reduction="batchmean") * t * t
-        return alpha * kl + (1 - alpha) * out.loss
+        return alpha * kl + (1 - alpha) * lm_loss(logits, batch.labels)
 
     return loss_fn
 
 
+# MLP projections by role: those that produce the hidden neurons (GPT-2's c_fc; the gated
+# MLP's gate and up projections) and the one that reads them (c_proj, down_proj).
+MLP_IN = ("c_fc", "gate_proj", "up_proj", "fc1", "w1", "w3")
+MLP_OUT = ("c_proj", "down_proj", "fc2", "w2")
+
+
+def _neuron_axis(module: torch.nn.Module, produces: bool) -> int:
+    """The weight axis indexed by MLP neuron: nn.Linear stores [out, in], Conv1D [in, out]."""
+    from transformers.pytorch_utils import Conv1D
+
+    linear = not isinstance(module, Conv1D)
+    return (0 if linear else 1) if produces else (1 if linear else 0)
+
+
+def mlp_projections(model: torch.nn.Module) -> list[tuple[list[torch.nn.Module],
+                                                         torch.nn.Module]]:
+    """Per transformer block: (neuron-producing projections, neuron-reading projection).
+    An architecture whose MLP has other names is refused, naming what it has."""
+    found = []
+    for name, module in model.named_modules():
+        if not name.endswith(".mlp"):
+            continue
+        children = dict(module.named_children())
+        inputs = [children[n] for n in MLP_IN if n in children]
+        output = next((children[n] for n in MLP_OUT if n in children), None)
+        if not inputs or output is None:
+            raise NotImplementedError(f"prune_structured: unknown MLP layout {sorted(children)} "
+                                      f"in {type(model).__name__}")
+        found.append((inputs, output))
+    if not found:
+        raise NotImplementedError(f"prune_structured: no .mlp blocks in {type(model).__name__}")
+    return found
+
+
+def _take(module: torch.nn.Module, axis: int, kept: torch.Tensor, bias: bool) -> None:
+    """Keep the `kept` neurons along the weight's `axis` (and the bias's, when it is the
+    output axis); the layer's size attributes follow its new weight."""
+    module.weight = torch.nn.Parameter(module.weight.index_select(axis, kept).clone())
+    if bias and getattr(module, "bias", None) is not None:
+        module.bias = torch.nn.Parameter(module.bias[kept].clone())
+    if isinstance(module, torch.nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    else:  # transformers Conv1D: weight [in, out], nf = out
+        module.nf = module.weight.shape[1]
+
+
 def _keep_mlp_neurons(model: torch.nn.Module, keep: int) -> None:
     """Keep each block's `keep` MLP neurons of largest L1 norm (in and out weights)."""
-    for block in model.transformer.h:
-        fc, proj = block.mlp.c_fc, block.mlp.c_proj  # Conv1D: weight [in, out]
-        score = fc.weight.abs().sum(0) + proj.weight.abs().sum(1)
+    for inputs, output in mlp_projections(model):
+        score = sum(m.weight.abs().sum(1 - _neuron_axis(m, True)) for m in inputs)
+        score = score + output.weight.abs().sum(1 - _neuron_axis(output, False))
         kept = score.topk(keep).indices.sort().values
-        fc.weight = torch.nn.Parameter(fc.weight[:, kept].clone())
-        fc.bias = torch.nn.Parameter(fc.bias[kept].clone())
-        fc.nf = keep
-        proj.weight = torch.nn.Parameter(proj.weight[kept, :].clone())
-    model.config.n_inner = keep
+        for m in inputs:
+            _take(m, _neuron_axis(m, True), kept, bias=True)
+        _take(output, _neuron_axis(output, False), kept, bias=False)
+    config = model.config
+    setattr(config, "n_inner" if hasattr(config, "n_inner") else "intermediate_size", keep)
 
 
 def prune_structured(wb: Workbench, out: Path) -> Report:
     """L1 structured pruning of MLP neurons (whole rows and columns go, so the dense model
     gets smaller and faster), then a recovery fine-tune distilled from the unpruned model
-    (measured: +1.7 % perplexity where plain LM fine-tuning left +3.3 %, and pruning in four
-    rounds far more). `prune_sparsity` is the share of the blocks' Linear weights removed;
-    MLPs hold two thirds of them."""
+    (measured on the demo GPT-2: +1.7 % perplexity where plain LM fine-tuning left +3.3 %,
+    and pruning in four rounds far more). `prune_sparsity` is the share of the blocks'
+    linear weights removed; MLPs hold most of them (GPT-2: two thirds, Llama: more)."""
     model = wb.model()
-    cfg = model.config
-    inner = cfg.n_inner or 4 * cfg.n_embd
-    block_weights = 4 * cfg.n_embd * cfg.n_embd + 2 * cfg.n_embd * inner
-    removed_per_neuron = 2 * cfg.n_embd
-    drop = round(wb.cfg.prune_sparsity * block_weights / removed_per_neuron)
+    blocks = mlp_projections(model)
+    inputs, output = blocks[0]
+    inner = output.weight.shape[_neuron_axis(output, False)]
+    per_neuron = sum(m.weight.numel() for m in (*inputs, output)) // inner
+    block_weights = _block_weights(model) // len(blocks)
+    drop = round(wb.cfg.prune_sparsity * block_weights / per_neuron)
     if drop >= inner:
         raise BadInput(f"prune_sparsity: {wb.cfg.prune_sparsity} would remove every MLP "
                        f"neuron ({drop} of {inner})")
@@ -342,29 +406,59 @@ def prune_structured(wb: Workbench, out: Path) -> Report:
     model.save_pretrained(str(out))
     save_meta(out, "hf", wb.tokenizer, wb.cfg.block_size, method="prune_structured")
     return {"mlp_neurons": f"{inner - drop}/{inner}",
-            "linear_sparsity": drop * removed_per_neuron / block_weights,
+            "linear_sparsity": drop * per_neuron / block_weights,
             "parameters": sum(p.numel() for p in model.parameters()),
             "finetune_steps": wb.cfg.finetune_steps}
 
 
+def _block_weights(model: torch.nn.Module) -> int:
+    """Weights of the linear projections inside the transformer blocks (not the head)."""
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings()
+    return sum(m.weight.numel() for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear | Conv1D) and m is not head
+               and any(part.isdigit() for part in name.split(".")))
+
+
+def student_config(teacher: Any, n_layer: int, n_embd: int) -> Any:
+    """The teacher's architecture and vocabulary at a smaller depth and width: heads keep
+    the teacher's head size where it divides the width, the MLP its width ratio."""
+    config = copy.deepcopy(teacher)
+    width, heads = teacher.hidden_size, teacher.num_attention_heads
+    head_dim = width // heads
+    config.hidden_size = n_embd
+    config.num_attention_heads = next(h for h in range(max(1, n_embd // head_dim), 0, -1)
+                                      if n_embd % h == 0 and (n_embd // h) % 2 == 0
+                                      or h == 1)
+    config.num_hidden_layers = n_layer
+    if getattr(config, "num_key_value_heads", None):
+        config.num_key_value_heads = config.num_attention_heads
+    if getattr(config, "head_dim", None):
+        config.head_dim = n_embd // config.num_attention_heads
+    if getattr(config, "intermediate_size", None):
+        config.intermediate_size = max(1, round(teacher.intermediate_size * n_embd / width))
+    if hasattr(config, "n_inner"):
+        config.n_inner = None  # GPT-2: 4 x width
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:n_layer]
+    return config
+
+
 def distill(wb: Workbench, out: Path) -> Report:
-    """Knowledge distillation into a smaller GPT-2 (layers and width from config): KL to the
-    teacher's temperature-softened logits plus the LM loss, on the teacher's tokenizer."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """Knowledge distillation into a smaller model of the teacher's architecture (layers and
+    width from config): KL to the teacher's temperature-softened logits plus the LM loss,
+    on the teacher's tokenizer."""
+    from transformers import AutoModelForCausalLM
 
     teacher_label = wb.teacher
     if wb.teacher_dir is not None:  # the champion: its own tokenizer and token blocks
         wb = Workbench(wb.cfg, wb.teacher_dir, wb.train_frame)
     teacher, tokenizer = wb.model(), wb.tokenizer
     cfg = wb.cfg
-    heads = cfg.n_head if cfg.distill_n_embd % cfg.n_head == 0 else 1
     torch.manual_seed(cfg.seed)
-    student = GPT2LMHeadModel(GPT2Config(
-        vocab_size=teacher.config.vocab_size, n_positions=teacher.config.n_positions,
-        n_embd=cfg.distill_n_embd, n_layer=cfg.distill_n_layer, n_head=heads,
-        bos_token_id=teacher.config.bos_token_id, eos_token_id=teacher.config.eos_token_id,
-        pad_token_id=teacher.config.pad_token_id, tie_word_embeddings=True,
-        resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout))
+    student = AutoModelForCausalLM.from_config(
+        student_config(teacher.config, cfg.distill_n_layer, cfg.distill_n_embd))
     fine_tune(student, wb, cfg.distill_steps, cfg.learning_rate, distillation_loss(teacher, cfg))
     student.save_pretrained(str(out))
     save_meta(out, "hf", tokenizer, cfg.block_size, method="distill")

@@ -24,13 +24,15 @@ from tasks.compress.measure import measure
 from tasks.compress.methods import METHODS, Workbench
 from tasks.config import LifecycleConfig
 from tasks.errors import BadInput
+from tasks.lm.artifact import MANIFEST, manifest
 from tasks.registry.model import model_dir_of
 from tasks.registry.register import CHALLENGER, champion_version, register
-from tasks.registry.runtime import MANIFEST, manifest
 from tasks.stage import StageContext, atomic_path, write_json
 from tasks.tracking import StageRun, stage_run
 
 log = logging.getLogger(__name__)
+# Tags every candidate inherits from the version it was built from.
+LINEAGE_TAGS = ("aigc.dataset_hash", "aigc.architecture", "aigc.finetune_method")
 # Packages a registered artifact needs at load time, beyond torch and transformers.
 FORMAT_REQUIREMENTS = {"onnx": ("onnxruntime",), "pt2": (), "hf": (), "torch": ()}
 
@@ -114,7 +116,7 @@ def _outcome(cfg: LifecycleConfig, candidates: list[dict[str, Any]]) -> tuple[st
 
 def _candidate(ctx: StageContext, wb: Workbench, method: str, root: Path,
                pairs: list[tuple[str, str]], baseline: Measurement, lineage: dict[str, str],
-               base_version: str) -> dict[str, Any]:
+               name: str, base_version: str) -> dict[str, Any]:
     """Build, measure, gate and register one method. A method that crashes is recorded as
     failed (the others still count); one refused for bad input fails the task."""
     try:
@@ -125,9 +127,9 @@ def _candidate(ctx: StageContext, wb: Workbench, method: str, root: Path,
         log.error("%s failed:\n%s", method, traceback.format_exc())
         return {"method": method, "error": f"{type(exc).__name__}: {exc}"[:500]}
     m = Measurement(**_cached(root / f"{method}.measurement.json", lambda: measure(
-        model_dir, pairs, ctx.config.latency_batch).to_dict()))
+        model_dir, pairs, ctx.config.latency_batch, ctx.config.block_size).to_dict()))
     verdict = passes_compression_gate(baseline, m, budget_of(ctx.config))
-    version_ = register(ctx, str(model_dir), f"compressed:{method}",
+    version_ = register(ctx, name, str(model_dir), f"compressed:{method}",
                         _tags(method, base_version, m, verdict, report, lineage),
                         _requirements(method, model_dir))
     log.info("%s -> version %s: %s", method, version_, "; ".join(verdict.reasons))
@@ -164,12 +166,13 @@ def _compress(ctx: StageContext, run_: StageRun, name: str, base_version: str,
     client = mlflow.MlflowClient()
     base_dir = model_dir_of(base_uri)
     lineage = {k: v for k, v in client.get_model_version(name, base_version).tags.items()
-               if k == "aigc.dataset_hash"}
+               if k in LINEAGE_TAGS or k.startswith("aigc.base_model")}
     wb = Workbench(cfg, base_dir, pd.read_parquet(splits["train"]),
                    **_teacher(ctx, client, name))
     baseline = Measurement(**_cached(root / "baseline.measurement.json", lambda: measure(
-        base_dir, pairs, cfg.latency_batch).to_dict()))
-    candidates = [_candidate(ctx, wb, method, root, pairs, baseline, lineage, base_version)
+        base_dir, pairs, cfg.latency_batch, cfg.block_size).to_dict()))
+    candidates = [_candidate(ctx, wb, method, root, pairs, baseline, lineage, name,
+                             base_version)
                   for method in cfg.compress_methods]
     best, reason = _outcome(cfg, candidates)
     chosen = next((c for c in candidates if c["method"] == best), None)

@@ -1,4 +1,6 @@
-"""Preprocess: clean text, split by prompt hash, and train a BPE tokenizer on the train split."""
+"""Preprocess: clean text, split by prompt hash, and make the run's tokenizer: the base
+model's (with a chat template and pad token), or for the from-scratch demo a BPE tokenizer
+trained on the train split."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from typing import Any
 import pandas as pd
 
 from tasks.data.ingest import write_parquet
+from tasks.lm.template import DEMO_TEMPLATE, EOS, SPECIAL_TOKENS, prepare_tokenizer
+from tasks.lm.tokenizer import train_bpe
 from tasks.stage import StageContext, atomic_path
-from tasks.text import EOS, SPECIAL_TOKENS, clean, format_example
+from tasks.text import clean
 from tasks.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -40,16 +44,24 @@ def split_frame(frame: pd.DataFrame, seed: int, val_fraction: float,
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, target: Path) -> int:
-    """Byte-level BPE (no unknown tokens for any script), saved in transformers format."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
+    """The demo's byte-level BPE with its chat template, saved in transformers format."""
+    tok = train_bpe(texts, vocab_size, special=SPECIAL_TOKENS, bos=EOS, eos=EOS,
+                    chat_template=DEMO_TEMPLATE)
+    with atomic_path(target) as tmp:
+        tok.save_pretrained(str(tmp))
+    return len(tok)
 
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
-                            special_tokens=SPECIAL_TOKENS, show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=EOS, eos_token=EOS,
-                                  pad_token=EOS, unk_token=EOS,
-                                  additional_special_tokens=SPECIAL_TOKENS[1:])
+
+def make_tokenizer(base_dir: str | None, train: pd.DataFrame, vocab_size: int,
+                   target: Path) -> int:
+    """The base model's tokenizer, ready for the chat template, or a new BPE tokenizer."""
+    if base_dir is None:
+        texts = [*train["prompt"], *train["response"]]
+        return train_tokenizer(texts, vocab_size, target)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    prepare_tokenizer(tok)
     with atomic_path(target) as tmp:
         tok.save_pretrained(str(tmp))
     return len(tok)
@@ -68,8 +80,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for name, part in splits.items():
         uris[name] = str(out / f"{name}.parquet")
         write_parquet(part, Path(uris[name]))
-    train_texts = [format_example(p, r) for p, r in splits["train"][["prompt", "response"]].values]
-    vocab = train_tokenizer(train_texts, cfg.vocab_size, out / "tokenizer")
+    vocab = make_tokenizer(ctx.input("base_model").get("model_dir"), splits["train"],
+                           cfg.vocab_size, out / "tokenizer")
     sizes = {name: len(part) for name, part in splits.items()}
     log.info("splits %s, tokenizer vocabulary %d", sizes, vocab)
     with stage_run(ctx) as run_:

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 import pandas as pd
 
 from tasks.config import ConfigError
+from tasks.locations import resolve_location
 
 COLUMNS = ["prompt", "response", "language"]
 # Characters outside Latin, general punctuation and CJK (incl. full-width forms) are refused:
@@ -57,42 +58,9 @@ def load_demo(languages: list[str] | tuple[str, ...]) -> pd.DataFrame:
     return frame.drop_duplicates(subset=["prompt", "response"], ignore_index=True)
 
 
-def _within(path: str, roots: tuple[str, ...]) -> bool:
-    resolved = Path(path).resolve()
-    for root in roots:
-        if "://" in root:
-            continue
-        base = Path(root).resolve()
-        if resolved == base or base in resolved.parents:
-            return True
-    return False
-
-
 def resolve_uri(uri: str, allowed_roots: tuple[str, ...]) -> str:
-    """Check scheme and location; return what fsspec should open.
-
-    Local paths are resolved (symlinks, '..') before the root check, so a path cannot escape
-    an allowed root by indirection. s3:// needs an allowed root that is its prefix.
-    """
-    parsed = urlparse(uri)
-    scheme = parsed.scheme if len(parsed.scheme) > 1 else ""  # "C:" is a drive, not a scheme
-    if scheme in ("", "file"):
-        path = parsed.path if scheme == "file" else uri
-        if not _within(path, allowed_roots):
-            raise ConfigError(
-                f"dataset_uri: {uri!r} is outside the allowed roots {list(allowed_roots)} "
-                "(set AIGC_ALLOWED_ROOTS to widen them)"
-            )
-        if not Path(path).is_file():
-            raise ConfigError(f"dataset_uri: {uri!r} does not exist or is not a file")
-        return str(Path(path).resolve())
-    if scheme == "s3":
-        if not any(r.startswith("s3://") and uri.startswith(r.rstrip("/") + "/")
-                   for r in allowed_roots):
-            raise ConfigError(f"dataset_uri: {uri!r} is not under an allowed s3:// root")
-        return uri
-    raise ConfigError(f"dataset_uri: unsupported scheme {scheme!r} in {uri!r} "
-                      "(use demo://chatterbot, a local path, file:// or s3://)")
+    """A dataset file's location, checked against the allowed roots."""
+    return resolve_location(uri, allowed_roots, field="dataset_uri")
 
 
 def read_source(uri: str, languages: tuple[str, ...],

@@ -10,22 +10,24 @@ import pandas as pd
 
 from tasks.config import LifecycleConfig
 from tasks.evaluate.decision import ModelMetrics, Thresholds, metrics_dict, should_promote
-from tasks.evaluate.metrics import distinct_n, generate, likelihood, load_judge, similarity
+from tasks.evaluate.metrics import load_judge, similarity
+from tasks.lm.model import load
 from tasks.registry.model import model_dir_of
 from tasks.registry.register import champion_version
-from tasks.registry.runtime import load_lm
 from tasks.stage import StageContext
+from tasks.text import distinct_n
 from tasks.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
 
 def score(model_dir, test: pd.DataFrame, cfg: LifecycleConfig, judge) -> ModelMetrics:
-    model, tokenizer = load_lm(model_dir)
+    model = load(model_dir)
     pairs = list(test[["prompt", "response"]].itertuples(index=False, name=None))
-    lik = likelihood(model, tokenizer, pairs)
+    # Both versions within this run's training block: the same context for each.
+    lik = model.likelihood(pairs, window=cfg.block_size)
     sample = random.Random(cfg.seed).sample(pairs, min(cfg.eval_samples, len(pairs)))
-    outputs = generate(model, tokenizer, [p for p, _ in sample], cfg.max_new_tokens, cfg.seed)
+    outputs = model.generate([p for p, _ in sample], cfg.max_new_tokens, cfg.seed)
     return ModelMetrics(
         perplexity=lik.perplexity, char_perplexity=lik.char_perplexity,
         distinct_1=distinct_n(outputs, 1), distinct_2=distinct_n(outputs, 2),

@@ -13,10 +13,10 @@ import pandas as pd
 
 from tasks.config import FeedbackConfig
 from tasks.data.source import guess_language
-from tasks.evaluate.metrics import distinct_n
 from tasks.feedback.policy import FeedbackStats, RetrainDecision, retrain_needed
 from tasks.feedback.store import Export, FeedbackStore
 from tasks.stage import atomic_path, safe_name
+from tasks.text import distinct_n
 
 log = logging.getLogger(__name__)
 USABLE = "(f.thumbs = 'up' OR f.rating >= :min_rating)"

@@ -11,30 +11,34 @@ ARTIFACT_KEY = "model"
 GENERATION_DEFAULTS = {"max_new_tokens": 32, "temperature": 0.8, "top_p": 0.95, "seed": 0}
 
 
-def model_dir_of(model_uri: str) -> Path:
-    """Download a registered model's artifacts and return its model folder (any format)."""
+def model_folder(local: Path) -> Path:
+    """The model folder inside a downloaded MLflow model (where its MLmodel file is)."""
     from mlflow.models import Model
 
-    local = Path(mlflow.artifacts.download_artifacts(model_uri))
     flavor = Model.load(str(local / "MLmodel")).flavors["python_function"]
     return local / flavor["artifacts"][ARTIFACT_KEY]["path"]
+
+
+def model_dir_of(model_uri: str, dst: Path | None = None) -> Path:
+    """Download a registered model's artifacts (into dst, or a temporary folder) and return
+    its model folder (any format)."""
+    return model_folder(Path(mlflow.artifacts.download_artifacts(
+        model_uri, dst_path=str(dst) if dst is not None else None)))
 
 
 class GenerativeModel(mlflow.pyfunc.PythonModel):
     """Prompts in (a `prompt` column), generated responses out; sampling set by params."""
 
     def load_context(self, context) -> None:
-        from tasks.registry.runtime import load_lm
+        from tasks.lm.model import load
 
-        self.model, self.tokenizer = load_lm(context.artifacts[ARTIFACT_KEY])
+        self.model = load(context.artifacts[ARTIFACT_KEY])
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
-        from tasks.evaluate.metrics import generate
-
         p = GENERATION_DEFAULTS | (params or {})
         prompts = [str(x) for x in model_input["prompt"]]
-        return generate(self.model, self.tokenizer, prompts, int(p["max_new_tokens"]),
-                        int(p["seed"]), float(p["temperature"]), float(p["top_p"]))
+        return self.model.generate(prompts, int(p["max_new_tokens"]), int(p["seed"]),
+                                   float(p["temperature"]), float(p["top_p"]))
 
 
 def signature():

@@ -45,16 +45,15 @@ def champion_version(client, name: str) -> str | None:
     return alias_version(client, name, CHAMPION)
 
 
-def register(ctx: StageContext, model_dir: str, role: str, tags: dict[str, Any],
+def register(ctx: StageContext, name: str, model_dir: str, role: str, tags: dict[str, Any],
              requirements: tuple[str, ...] = ()) -> str:
-    """Log model_dir as a pyfunc model version tagged with its lineage; return the version.
-
-    `requirements` names the packages the artifact's format needs beyond the base set."""
+    """Log model_dir as a version of registered model `name`, tagged with its lineage;
+    return the version. `requirements` names the packages the artifact's format needs
+    beyond the base set."""
     import mlflow
 
     from tasks.registry.model import ARTIFACT_KEY, GenerativeModel, signature
 
-    name = ctx.config.model_name
     client = mlflow.MlflowClient()
     existing = find_version(client, name, ctx.run_id, role)
     if existing is not None:
@@ -77,12 +76,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     trained = ctx.input("train")
     ingest = ctx.input("ingest")
+    base = ctx.input("base_model")
+    name = base["model_name"]
     metrics = {k: trained[k] for k in ("val_loss", "val_perplexity", "train_loss")}
+    lineage = {"aigc.dataset_hash": ingest["dataset_hash"],
+               "aigc.base_model": base["source"] or "scratch",
+               "aigc.architecture": base["architecture"],
+               "aigc.finetune_method": trained.get("finetune_method", "full"),
+               **base["lineage"]}
     with stage_run(ctx):
-        version_ = register(ctx, trained["model_uri"], "trained",
-                            {"aigc.dataset_hash": ingest["dataset_hash"],
-                             **{f"aigc.metric.{k}": f"{v:.6g}" for k, v in metrics.items()}})
-        name = ctx.config.model_name
+        version_ = register(ctx, name, trained["model_uri"], "trained",
+                            lineage | {f"aigc.metric.{k}": f"{v:.6g}"
+                                       for k, v in metrics.items()})
         mlflow.MlflowClient().set_registered_model_alias(name, CHALLENGER, version_)
     log.info("registered %s version %s as %s", name, version_, CHALLENGER)
     return {"model_name": name, "version": version_,

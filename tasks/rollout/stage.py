@@ -60,7 +60,8 @@ def compact_record(outcome: CanaryOutcome) -> str:
 
 
 @contextlib.contextmanager
-def local_target(ctx: StageContext, prompts: list[str]) -> Iterator[tuple[str, str]]:
+def local_target(ctx: StageContext, model_name: str, prompts: list[str],
+                 ) -> Iterator[tuple[str, str]]:
     """(server url, admin key): the server named by AIGC_SERVER_URL, else one started here
     for this stage with throwaway keys, under synthetic load when asked. A named server that
     does not answer fails the stage (retried): rolling out on a stand-in would be a lie."""
@@ -83,7 +84,7 @@ def local_target(ctx: StageContext, prompts: list[str]) -> Iterator[tuple[str, s
     else:
         admin_key, api_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         server = local_server(ctx.settings.to_env() | {
-            "AIGC_MODEL_NAME": cfg.model_name, "AIGC_ADMIN_KEY": admin_key,
+            "AIGC_MODEL_NAME": model_name, "AIGC_ADMIN_KEY": admin_key,
             "AIGC_API_KEYS": api_key, "AIGC_RELOAD_INTERVAL_S": "1"},
             ctx.stage_dir / "server.log")
         synthetic = cfg.canary_traffic != "real"
@@ -173,7 +174,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                  on_step=_log_step(run_))
             where = {"kind": "kserve"}
         else:
-            with local_target(ctx, prompts) as (url, admin_key):
+            with local_target(ctx, name, prompts) as (url, admin_key):
                 target = ServerTarget(url, admin_key)
                 _check_served(target, champion, version)
                 outcome = run_canary(target=target, source=metrics_source(url),

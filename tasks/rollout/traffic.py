@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tasks.evaluate.metrics import distinct_n
+from tasks.text import distinct_n
 
 log = logging.getLogger(__name__)
 

@@ -2,26 +2,52 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import torch
 
-from tasks.text import format_example
+from tasks.lm.template import IGNORE, encode_pairs
 
 
-def token_blocks(frame: pd.DataFrame, tokenizer, block_size: int) -> torch.Tensor:
-    """Concatenate all formatted dialogs and cut them into [n, block_size] blocks.
+@dataclass(frozen=True)
+class Blocks:
+    """Packed [n, block_size] token ids and their labels (IGNORE where no loss is taken)."""
+
+    ids: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: torch.Tensor | slice) -> Blocks:
+        return Blocks(self.ids[index], self.labels[index])
+
+    def to(self, device: torch.device | str) -> Blocks:
+        return Blocks(self.ids.to(device), self.labels.to(device))
+
+
+def token_blocks(frame: pd.DataFrame, tokenizer, block_size: int, loss_on_prompt: bool = False,
+                 ) -> Blocks:
+    """Concatenate all pairs (rendered with the tokenizer's chat template) and cut them into
+    [n, block_size] blocks; the prompts' tokens carry no loss unless `loss_on_prompt`.
 
     Packing wastes no compute on padding; a short split still yields one (padded) block.
     """
-    texts = [format_example(p, r) for p, r in frame[["prompt", "response"]].values]
+    pairs = frame[["prompt", "response"]].itertuples(index=False, name=None)
     ids: list[int] = []
-    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        ids.extend(encoded)
+    labels: list[int] = []
+    for prompt, response in encode_pairs(tokenizer, pairs):
+        ids += prompt + response
+        labels += (prompt if loss_on_prompt else [IGNORE] * len(prompt)) + response
     n = len(ids) // block_size
     if n == 0:
-        ids = ids + [tokenizer.eos_token_id] * (block_size - len(ids))
+        pad = block_size - len(ids)
+        ids, labels = ids + [tokenizer.pad_token_id] * pad, labels + [IGNORE] * pad
         n = 1
-    return torch.tensor(ids[: n * block_size], dtype=torch.long).view(n, block_size)
+    size = n * block_size
+    return Blocks(torch.tensor(ids[:size], dtype=torch.long).view(n, block_size),
+                  torch.tensor(labels[:size], dtype=torch.long).view(n, block_size))
 
 
 def shard(indices: torch.Tensor, rank: int, size: int) -> torch.Tensor:

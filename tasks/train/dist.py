@@ -1,4 +1,4 @@
-"""Distributed backends behind one interface: single process, PyTorch DDP, Horovod.
+"""Distributed backends behind one interface: single process, PyTorch DDP, FSDP2, Horovod.
 
 Learning-rate rule: `batch_size` is the *global* batch and stays fixed whatever the worker
 count (each worker takes batch_size / workers of it), so `learning_rate` applies unchanged.
@@ -9,10 +9,35 @@ call: scale learning_rate by new/old global batch.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
+
+WEIGHTS_FILE = "weights.pt"
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps of the model: every weight, or with frozen weights (LoRA)
+    only the trainable ones; the frozen rest is rebuilt from the base model."""
+    state = model.state_dict()
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    return {k: v for k, v in state.items() if k not in frozen}
+
+
+def local_bytes(tensors: Any) -> int:
+    """Bytes this rank holds of a nest of tensors (a sharded tensor counts its shard)."""
+    if isinstance(tensors, dict):
+        return sum(local_bytes(v) for v in tensors.values())
+    if isinstance(tensors, list | tuple):
+        return sum(local_bytes(v) for v in tensors)
+    if isinstance(tensors, torch.Tensor):
+        local = tensors.to_local() if hasattr(tensors, "to_local") else tensors
+        return local.numel() * local.element_size()
+    return 0
 
 
 @dataclass
@@ -23,10 +48,16 @@ class Backend:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    # Sharded: every rank takes part in each forward and in each checkpoint save and load.
+    collective: bool = False
 
     @property
     def is_root(self) -> bool:
         return self.rank == 0
+
+    def shard(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Distribute the parameters before the optimizer sees them (FSDP); else as is."""
+        return model
 
     def wrap(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer
              ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -55,6 +86,40 @@ class Backend:
 
     def close(self) -> None:
         """Release the process group."""
+
+    def save_weights(self, folder: Path, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer) -> None:
+        """Model and optimizer state into a checkpoint folder (rank 0 only: every rank
+        holds the same replica)."""
+        torch.save({"model": model_state(model), "optimizer": optimizer.state_dict()},
+                   folder / WEIGHTS_FILE)
+
+    def load_weights(self, folder: Path, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer) -> None:
+        """Rank 0 loads; broadcast_state then gives every rank the same."""
+        state = torch.load(folder / WEIGHTS_FILE, weights_only=False, map_location="cpu")
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        if unexpected or set(missing) - frozen:
+            raise RuntimeError(f"checkpoint {folder} does not fit the model: missing "
+                               f"{sorted(set(missing) - frozen)[:5]}, unexpected "
+                               f"{sorted(unexpected)[:5]}")
+        optimizer.load_state_dict(state["optimizer"])
+
+    def full_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Every weight, unsharded, on rank 0."""
+        return model.state_dict()
+
+    def unsharded(self, model: torch.nn.Module, state: dict[str, torch.Tensor],
+                  build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        """A plain module holding the trained weights, on rank 0, for saving."""
+        return model
+
+    def state_bytes(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    ) -> dict[str, int]:
+        """Parameters and optimizer state held by this rank, in bytes."""
+        return {"param_bytes": local_bytes(list(model.parameters())),
+                "optimizer_bytes": local_bytes(optimizer.state_dict()["state"])}
 
 
 class DDPBackend(Backend):
@@ -98,6 +163,81 @@ class DDPBackend(Backend):
         self._dist.destroy_process_group()
 
 
+class FSDPBackend(DDPBackend):
+    """FSDP2 (`fully_shard`): each rank holds 1/N of the parameters, gradients and
+    optimizer state, gathering a block's weights only while it computes; gloo on CPU, NCCL
+    on CUDA. Checkpoints are sharded (torch.distributed.checkpoint): every rank writes and
+    reads its own part, and a checkpoint loads at any world size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "fsdp"
+        self.collective = True
+
+    def shard(self, model):
+        from torch.distributed.fsdp import fully_shard
+
+        # One unit per transformer block (the classes transformers never splits across
+        # devices), then the rest (embeddings, head) at the root.
+        blocks = set(getattr(_transformers_model(model), "_no_split_modules", None) or ())
+        for module in model.modules():
+            if type(module).__name__ in blocks:
+                fully_shard(module)
+        fully_shard(model)
+        return model
+
+    def wrap(self, model, optimizer):
+        return model, optimizer
+
+    def broadcast_state(self, model, optimizer, resumed: bool) -> None:
+        """Nothing to send: every rank built the same model from the same seed before
+        sharding it, and a resume loads each rank's shard from the checkpoint."""
+
+    def _state(self, model, optimizer) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        return {"model": {k: v for k, v in model_sd.items() if k not in frozen},
+                "optimizer": optim_sd}
+
+    def save_weights(self, folder, model, optimizer) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._state(model, optimizer), checkpoint_id=str(folder / "sharded"))
+
+    def load_weights(self, folder, model, optimizer) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        state = self._state(model, optimizer)
+        dcp.load(state, checkpoint_id=str(folder / "sharded"))
+        set_state_dict(model, optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(strict=False))
+
+    def full_state(self, model):
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        # Gathered to rank 0's CPU memory only; the other ranks get an empty dict.
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                    cpu_offload=True))
+
+    def unsharded(self, model, state, build):
+        plain = build()
+        plain.load_state_dict(state)
+        return plain
+
+
+def _transformers_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
 class HorovodBackend(Backend):
     """Horovod (gloo or MPI controller) with its DistributedOptimizer."""
 
@@ -112,8 +252,9 @@ class HorovodBackend(Backend):
     def wrap(self, model, optimizer):
         # The wrapper is a new optimizer built from the param groups: state loaded into the
         # old one is lost, so wrap before loading a checkpoint.
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         return model, self._hvd.DistributedOptimizer(
-            optimizer, named_parameters=model.named_parameters(), op=self._hvd.Average)
+            optimizer, named_parameters=trainable, op=self._hvd.Average)
 
     def broadcast_state(self, model, optimizer, resumed: bool) -> None:
         # Only after a resume: a rank with an empty state first takes a zero-gradient
@@ -150,6 +291,8 @@ def init_backend(launcher: str) -> Backend:
     """The backend matching how this process was launched."""
     if launcher == "ddp":
         return DDPBackend()
+    if launcher == "fsdp":
+        return FSDPBackend()
     if launcher == "horovod":
         return HorovodBackend()
     return Backend()

@@ -11,6 +11,7 @@ from typing import Any
 from tasks.config import LifecycleConfig
 from tasks.runner import StageFailed, localize, run_command
 from tasks.stage import StageContext, write_json
+from tasks.threads import THREAD_VARS
 from tasks.train.dist import Backend
 from tasks.train.worker import rank_file, run_worker
 
@@ -26,15 +27,17 @@ def launcher_argv(cfg: LifecycleConfig, payload_path: str, hostfile: str | None 
     if cfg.launcher == "horovod":
         hosts = ["--hostfile", hostfile] if hostfile else ["-H", f"localhost:{n}", "--gloo"]
         return ["horovodrun", "-np", str(n), *hosts, "python", *WORKER, payload_path]
-    if cfg.launcher == "ddp":
+    if cfg.launcher in ("ddp", "fsdp"):
         return ["torchrun", "--standalone", f"--nproc_per_node={n}", *WORKER, payload_path]
     return ["python", *WORKER, payload_path]
 
 
 def thread_env(workers: int) -> dict[str, str]:
-    """Split the cores between workers: oversubscribed BLAS threads slow every rank down."""
-    per_worker = max(1, (os.cpu_count() or 1) // workers)
-    return {"OMP_NUM_THREADS": str(per_worker), "MKL_NUM_THREADS": str(per_worker)}
+    """Split the free cores between workers: oversubscribed BLAS threads slow every rank
+    down (the stage process sized its own pool to them at start)."""
+    free = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    per_worker = str(max(1, free // workers))
+    return dict.fromkeys(THREAD_VARS, per_worker)
 
 
 def collect(ctx: StageContext) -> dict[str, Any]:

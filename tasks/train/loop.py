@@ -1,12 +1,12 @@
-"""The training loop: a small GPT-2 from config, sharded over ranks, checkpointed and resumable."""
+"""The training loop: a base model or a small GPT-2 from config, fully or with LoRA, over
+any backend (single, DDP, FSDP, Horovod), checkpointed and resumable bit for bit."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
-import shutil
+import statistics
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,28 +17,39 @@ import torch
 
 from tasks.config import LifecycleConfig
 from tasks.errors import ConfigError
-from tasks.evaluate.metrics import block_loss
+from tasks.lm.likelihood import block_loss, labelled, lm_loss
+from tasks.lm.lora import apply_lora, is_lora, merged, trainable_parameters
 from tasks.stage import atomic_path
-from tasks.train.data import batch_indices, shard, token_blocks
+from tasks.train.checkpoint import (
+    checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    weights_checksum,
+)
+from tasks.train.data import Blocks, batch_indices, shard, token_blocks
 from tasks.train.dist import Backend
 
 log = logging.getLogger(__name__)
-KEEP_CHECKPOINTS = 2
 LOG_EVERY = 10
 
 
-def build_model(cfg: LifecycleConfig, tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
+def build_model(cfg: LifecycleConfig, tokenizer, base_dir: str | None) -> torch.nn.Module:
+    """The model to train: the base checkpoint (fp32), or a small GPT-2 from the config with
+    the run's tokenizer; with LoRA adapters when asked. Seeded, so every rank builds the
+    same model."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(cfg.seed)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=cfg.block_size, n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer, n_head=cfg.n_head, bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout,
-    )
-    return GPT2LMHeadModel(config)
+    if base_dir is not None:
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    else:
+        model = GPT2LMHeadModel(GPT2Config(
+            vocab_size=len(tokenizer), n_positions=cfg.block_size, n_embd=cfg.n_embd,
+            n_layer=cfg.n_layer, n_head=cfg.n_head, bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=True, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+            attn_pdrop=cfg.dropout))
+    return apply_lora(model, cfg) if cfg.finetune_method == "lora" else model
 
 
 def lr_lambda(cfg: LifecycleConfig):
@@ -58,51 +69,6 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     masks an uninterrupted one would, with no generator state to carry across processes."""
     digest = hashlib.sha256(f"{seed}:{step}:{rank}".encode()).digest()
     return int.from_bytes(digest[:7], "big")
-
-
-def checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first; a crash mid-write leaves only a hidden temp dir."""
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step-*") if (p / "meta.json").is_file())
-
-
-def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, scaler,
-                    extra: dict[str, Any]) -> Path:
-    target = root / f"step-{step:08d}"
-    with atomic_path(target) as tmp:
-        tmp.mkdir()
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "rng": {"torch": torch.get_rng_state()}},
-                   tmp / "state.pt")
-        # meta.json last: its presence marks the checkpoint complete. The data position is
-        # the step itself (batch order is a pure function of it).
-        (tmp / "meta.json").write_text(json.dumps({"step": step, **extra}))
-    for old in checkpoints(root)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict[str, Any]:
-    state = torch.load(path / "state.pt", weights_only=False, map_location="cpu")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    return json.loads((path / "meta.json").read_text())
-
-
-def weights_checksum(model: torch.nn.Module) -> str:
-    """sha256 over every tensor's bytes in a fixed order: equal iff the weights are equal."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def device_for(backend: Backend) -> torch.device:
@@ -131,27 +97,53 @@ def _progress(total: int, initial: int, enabled: bool):
                 miniters=max(1, total // 20), disable=not enabled)
 
 
+def _val_loss(model, val: Blocks, cfg: LifecycleConfig, backend: Backend) -> float | None:
+    """Held-out loss of the packed validation blocks: on rank 0, or on every rank when the
+    model is sharded (each forward gathers weights from all ranks); None elsewhere."""
+    if not (backend.is_root or backend.collective):
+        return None
+    loss = block_loss(model, val.ids, val.labels, cfg.batch_size)
+    model.train()
+    return loss
+
+
 def _resume_or_start(cfg, ckpt_root, model, optimizer, scheduler, scaler, val_blocks, backend):
-    """Rank 0 loads the newest checkpoint (or measures the untrained model); all ranks then
-    receive its step, schedule and, by broadcast, its weights and optimizer state."""
+    """Resume from the newest complete checkpoint (rank 0 loads it, or every rank its shard),
+    else measure the untrained model; every rank then holds its step and schedule."""
+    existing = checkpoints(ckpt_root)
+    newest = backend.broadcast_object(str(existing[-1]) if existing else None)
     meta = None
-    if backend.is_root:
-        existing = checkpoints(ckpt_root)
-        if existing:
-            meta = load_checkpoint(existing[-1], model, optimizer, scheduler, scaler)
-            log.info("resuming from %s (step %d)", existing[-1], meta["step"])
-        else:
-            meta = {"step": 0, "untrained_val_loss": block_loss(model, val_blocks,
-                                                                cfg.batch_size)}
+    if newest is not None and (backend.is_root or backend.collective):
+        meta = load_checkpoint(Path(newest), model, optimizer, scheduler, scaler, backend)
+        log.info("resuming from %s (step %d)", newest, meta["step"])
+    elif newest is None:
+        untrained = _val_loss(model, val_blocks, cfg, backend)
+        meta = {"step": 0, "untrained_val_loss": untrained}
+    if meta is not None:
         meta["scheduler"] = scheduler.state_dict()
     meta = backend.broadcast_object(meta)
     scheduler.load_state_dict(meta.pop("scheduler"))
     return meta
 
 
+def _step(cfg: LifecycleConfig, step: int, forward_model, train_blocks: Blocks, backend: Backend,
+          device: torch.device, autocast) -> torch.Tensor:
+    """This rank's loss on its shard of the step's global batch, scaled so that averaging
+    the ranks' gradients gives the global batch's mean over its labelled tokens."""
+    torch.manual_seed(step_seed(cfg.seed, step, backend.rank))
+    idx = batch_indices(step, len(train_blocks), cfg.batch_size, cfg.seed)
+    batch = train_blocks[shard(idx, backend.rank, backend.size)].to(device)
+    count = labelled(train_blocks.labels[idx]) / backend.size
+    with autocast():
+        logits = forward_model(input_ids=batch.ids).logits
+    return lm_loss(logits, batch.labels, count)
+
+
 def train(cfg: LifecycleConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, tokenizer,
-          out: Path, run_=None, backend: Backend | None = None) -> dict[str, Any]:
-    """Train to cfg.max_steps on every rank of backend; rank 0 checkpoints and logs.
+          out: Path, run_=None, backend: Backend | None = None,
+          base_dir: str | None = None) -> dict[str, Any]:
+    """Train to cfg.max_steps on every rank of backend; rank 0 logs, and checkpoints with
+    it (every rank writes its shard with FSDP).
 
     Each step's global batch (cfg.batch_size blocks) is split across ranks without overlap,
     and gradients are averaged, so any worker count follows the single-process trajectory
@@ -162,11 +154,12 @@ def train(cfg: LifecycleConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, to
         raise ConfigError(f"batch_size: {cfg.batch_size} is not divisible by the "
                           f"{backend.size} workers")
     device = device_for(backend)
-    model = build_model(cfg, tokenizer).to(device)
-    train_blocks = token_blocks(train_df, tokenizer, cfg.block_size)
-    val_blocks = token_blocks(val_df, tokenizer, cfg.block_size).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    model = backend.shard(build_model(cfg, tokenizer, base_dir).to(device))
+    train_blocks = token_blocks(train_df, tokenizer, cfg.block_size, cfg.loss_on_prompt)
+    val_blocks = token_blocks(val_df, tokenizer, cfg.block_size, cfg.loss_on_prompt).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  betas=(0.9, 0.95))
     forward_model, optimizer = backend.wrap(model, optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     autocast, scaler = autocast_and_scaler(cfg.precision, device)
@@ -179,18 +172,16 @@ def train(cfg: LifecycleConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, to
     loss_value = meta.get("train_loss", float("nan"))
     bar = _progress(cfg.max_steps, start, backend.is_root)
     started = time.perf_counter()
+    step_seconds: list[float] = []
     for step in range(start, cfg.max_steps):
-        torch.manual_seed(step_seed(cfg.seed, step, backend.rank))
-        idx = batch_indices(step, len(train_blocks), cfg.batch_size, cfg.seed)
-        batch = train_blocks[shard(idx, backend.rank, backend.size)].to(device)
-        with autocast():
-            loss = forward_model(input_ids=batch, labels=batch).loss
+        step_started = time.perf_counter()
+        loss = _step(cfg, step, forward_model, train_blocks, backend, device, autocast)
         optimizer.zero_grad()  # set_to_none by default; Horovod takes no argument
         (scaler.scale(loss) if scaler else loss).backward()
         backend.synchronize(optimizer)
         if scaler:
             scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         with backend.step_context(optimizer):
             if scaler:
                 scaler.step(optimizer)
@@ -198,6 +189,7 @@ def train(cfg: LifecycleConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, to
             else:
                 optimizer.step()
         scheduler.step()
+        step_seconds.append(time.perf_counter() - step_started)
         done = step + 1
         bar.update(1)
         if done % LOG_EVERY == 0 or done == cfg.max_steps:
@@ -206,41 +198,72 @@ def train(cfg: LifecycleConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, to
             if run_ is not None:
                 run_.log_metrics({"train_loss": loss_value, "lr": scheduler.get_last_lr()[0]},
                                  step=done)
-        if backend.is_root and done % cfg.eval_every == 0 and done < cfg.max_steps:
-            val = block_loss(model, val_blocks, cfg.batch_size)
-            model.train()
-            log.info("step %d: train loss %.4f, val loss %.4f (ppl %.1f)", done, loss_value,
-                     val, math.exp(val))
-            if run_ is not None:
-                run_.log_metrics({"val_loss": val, "val_perplexity": math.exp(val)}, step=done)
-        if backend.is_root and (done % cfg.checkpoint_every == 0 or done == cfg.max_steps):
+        if done % cfg.eval_every == 0 and done < cfg.max_steps:
+            val = _val_loss(model, val_blocks, cfg, backend)
+            if backend.is_root:
+                log.info("step %d: train loss %.4f, val loss %.4f (ppl %.1f)", done,
+                         loss_value, val, math.exp(val))
+                if run_ is not None:
+                    run_.log_metrics({"val_loss": val, "val_perplexity": math.exp(val)},
+                                     step=done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
             save_checkpoint(ckpt_root, done, model, optimizer, scheduler, scaler,
                             {"untrained_val_loss": meta["untrained_val_loss"],
-                             "train_loss": loss_value})
+                             "train_loss": loss_value}, backend)
     bar.close()
     seconds = time.perf_counter() - started
-    result = {"rank": backend.rank, "checksum": weights_checksum(model),
-              "train_seconds": seconds,
+    result = {"rank": backend.rank, "train_seconds": seconds,
               # Global tokens through the optimizer per second of loop time (eval included).
               "tokens_per_second": (cfg.max_steps - start) * cfg.batch_size * cfg.block_size
-              / max(seconds, 1e-9)}
+              / max(seconds, 1e-9),
+              # One optimizer step alone (no evaluation or checkpoint): the median, and the
+              # quartiles as its spread, are what throughput benchmarks compare.
+              "step_seconds_median": statistics.median(step_seconds) if step_seconds else None,
+              "step_seconds_quartiles": (statistics.quantiles(step_seconds, n=4)[::2]
+                                         if len(step_seconds) > 1 else None),
+              **backend.state_bytes(model, optimizer),
+              "peak_rss_bytes": peak_rss_bytes()}
+    val = _val_loss(model, val_blocks, cfg, backend)
+    state = backend.full_state(model)
+    # Sharded ranks hold disjoint parts, so only rank 0's gathered copy can be summed; the
+    # replicated backends compare every rank's own weights.
+    checksum = weights_checksum(state) if state else None
+    result["checksum"] = backend.broadcast_object(checksum) if backend.collective else checksum
     if backend.is_root:
-        result |= _finish(cfg, model, tokenizer, out, val_blocks, train_blocks, meta,
-                          loss_value, start, backend)
+        plain = backend.unsharded(model, state, lambda: build_model(cfg, tokenizer, base_dir))
+        result |= _finish(cfg, plain, tokenizer, out, val, train_blocks, meta, loss_value,
+                          start, backend, run_)
     return result
 
 
-def _finish(cfg, model, tokenizer, out, val_blocks, train_blocks, meta, loss_value, start,
-            backend) -> dict[str, Any]:
-    val = block_loss(model, val_blocks, cfg.batch_size)
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (Linux reports kilobytes)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _finish(cfg, model, tokenizer, out, val, train_blocks, meta, loss_value, start, backend,
+            run_) -> dict[str, Any]:
+    """Save the trained model (LoRA: the adapter, and the base with it merged in)."""
+    model.to("cpu")
+    trainable = trainable_parameters(model)
+    if is_lora(model):
+        with atomic_path(out / "adapter") as tmp:
+            model.save_pretrained(str(tmp))
+        if run_ is not None:
+            run_.log_artifacts(out / "adapter", "adapter")
+    final = merged(model)
     with atomic_path(out / "model") as tmp:
-        model.to("cpu").save_pretrained(str(tmp))
+        final.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
     return {
         "model_uri": str(out / "model"), "steps": cfg.max_steps,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "adapter_uri": str(out / "adapter") if (out / "adapter").is_dir() else None,
+        "parameters": sum(p.numel() for p in final.parameters()),
+        "trainable_parameters": trainable, "finetune_method": cfg.finetune_method,
         "train_loss": loss_value, "val_loss": val, "val_perplexity": math.exp(val),
         "untrained_val_perplexity": math.exp(meta["untrained_val_loss"]),
-        "train_tokens": int(train_blocks.numel()), "resumed_from_step": start,
+        "train_tokens": int(train_blocks.ids.numel()), "resumed_from_step": start,
         "launcher": backend.name, "workers": backend.size, "precision": cfg.precision,
     }

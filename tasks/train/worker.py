@@ -18,7 +18,9 @@ from tasks.train.loop import train
 
 log = logging.getLogger(__name__)
 LOGGED_PARAMS = ("n_layer", "n_embd", "n_head", "block_size", "batch_size", "max_steps",
-                 "learning_rate", "seed", "vocab_size", "launcher", "workers", "precision")
+                 "learning_rate", "seed", "vocab_size", "launcher", "workers", "precision",
+                 "base_model", "finetune_method", "lora_r", "lora_alpha", "lora_dropout",
+                 "lora_target_modules", "loss_on_prompt")
 
 
 def rank_file(stage_dir: Path, rank: int) -> Path:
@@ -34,14 +36,18 @@ def run_worker(ctx: StageContext, backend: Backend) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(prep["tokenizer_uri"])
     train_df = pd.read_parquet(prep["splits"]["train"])
     val_df = pd.read_parquet(prep["splits"]["validation"])
+    base_dir = ctx.input("base_model")["model_dir"]
     if backend.is_root:
         with stage_run(ctx) as run_:
             run_.log_params({k: v for k, v in cfg.to_dict().items() if k in LOGGED_PARAMS})
-            result = train(cfg, train_df, val_df, tokenizer, ctx.stage_dir, run_, backend)
+            result = train(cfg, train_df, val_df, tokenizer, ctx.stage_dir, run_, backend,
+                           base_dir)
             run_.log_metrics({k: result[k] for k in ("val_loss", "val_perplexity",
-                                                       "untrained_val_perplexity")}, parent=True)
+                                                       "untrained_val_perplexity",
+                                                       "trainable_parameters")}, parent=True)
     else:
-        result = train(cfg, train_df, val_df, tokenizer, ctx.stage_dir, None, backend)
+        result = train(cfg, train_df, val_df, tokenizer, ctx.stage_dir, None, backend,
+                       base_dir)
     write_json(rank_file(ctx.stage_dir, backend.rank), result)
     return result
 

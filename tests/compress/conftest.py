@@ -8,7 +8,7 @@ import pytest
 from tasks.cli import run_stage
 from tasks.config import LifecycleConfig
 from tasks.stage import StageContext
-from tests.conftest import TINY, isolated_settings, prepare_demo
+from tests.conftest import TINY, isolated_settings, prepare_demo, scratch_base
 
 # Fast settings: short fine-tunes, a student smaller than the TINY teacher.
 COMPRESS = TINY | {"launcher": "single", "max_steps": 60, "finetune_steps": 20,
@@ -21,7 +21,8 @@ def trained(tmp_path_factory):
     """(root, preprocess result, train result) of a tiny model trained on the demo sample."""
     root = tmp_path_factory.mktemp("compress")
     prep = prepare_demo(root)
-    ctx = StageContext(stage="train", dag_id="d", run_id="train", inputs={"preprocess": prep},
+    ctx = StageContext(stage="train", dag_id="d", run_id="train",
+                       inputs={"preprocess": prep, "base_model": scratch_base()},
                        config=LifecycleConfig.from_dict(COMPRESS),
                        settings=isolated_settings(root))
     return root, prep, run_stage(ctx)

@@ -16,8 +16,8 @@ from tasks.compress.measure import size_bytes
 from tasks.compress.methods import METHODS, Workbench
 from tasks.config import COMPRESSION_METHODS, LifecycleConfig
 from tasks.errors import BadInput
-from tasks.evaluate.metrics import generate, likelihood
-from tasks.registry.runtime import load_lm, manifest
+from tasks.lm.artifact import load_lm, manifest
+from tasks.lm.model import load
 from tests.compress.conftest import COMPRESS
 
 BLOCK_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -50,7 +50,7 @@ def test_config_and_implementations_name_the_same_methods():
 
 def test_conv1d_to_linear_keeps_the_function(bench):
     model = bench.model()
-    ids = bench.train_blocks[:2]
+    ids = bench.train_blocks.ids[:2]
     before = model(input_ids=ids).logits
     converted = conv1d_to_linear(model)
     assert not any(kind == "Conv1D" for kind in layer_inventory(converted).values())
@@ -63,10 +63,10 @@ CPU_METHODS = [m for m in COMPRESSION_METHODS if m != "tensorrt_int8"]
 @pytest.mark.parametrize("method", CPU_METHODS)
 def test_artifact_loads_back_and_generates(built, bench, held_out, method):
     folder, _ = built(method)
-    lm, tokenizer = load_lm(folder)
-    texts = generate(lm, tokenizer, ["hello", "你好"], max_new_tokens=5, seed=0)
+    model = load(folder)
+    texts = model.generate(["hello", "你好"], max_new_tokens=5, seed=0)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
-    lik = likelihood(lm, tokenizer, held_out[:20])
+    lik = model.likelihood(held_out[:20])
     assert math.isfinite(lik.char_perplexity)
     assert manifest(folder)["format"] in ("hf", "torch", "pt2", "onnx")
 
@@ -127,7 +127,9 @@ def test_distilled_student_is_smaller_and_uses_the_teacher_tokenizer(built, benc
     assert report["parameter_ratio"] < 0.5 and report["teacher"] == "challenger"
     lm, tokenizer = load_lm(folder)
     assert len(tokenizer) == len(bench.tokenizer)
+    # One head of 16: the teacher's head size (16) where it divides the student's width.
     assert lm.module.model.config.n_layer == 1 and lm.module.model.config.n_embd == 16
+    assert lm.module.model.config.n_head == 1
 
 
 def test_tensorrt_is_refused_where_it_cannot_run_with_the_reason(bench, tmp_path):

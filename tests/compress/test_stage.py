@@ -14,6 +14,7 @@ from tasks.errors import BadInput
 from tasks.registry import register
 from tasks.stage import StageContext
 from tests.compress.conftest import COMPRESS
+from tests.conftest import scratch_base
 
 METHODS = ["torch_int8_dynamic", "modelopt_int8", "prune_structured", "inc_woq_rtn"]
 # Every method that runs on a CPU, for the test that loads each artifact back from MLflow.
@@ -26,7 +27,7 @@ def _ctx(home, trained, stage, run_id, inputs, **conf) -> StageContext:
     _, prep, train = trained
     cfg = LifecycleConfig.from_dict(COMPRESS | {"compress_methods": METHODS} | conf)
     return StageContext(stage=stage, dag_id="aigc_lifecycle", run_id=run_id, config=cfg,
-                        inputs={"preprocess": prep, "train": train,
+                        inputs={"preprocess": prep, "train": train, "base_model": scratch_base(),
                                 "ingest": {"dataset_hash": "feedbeef"}} | inputs)
 
 

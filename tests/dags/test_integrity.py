@@ -15,8 +15,9 @@ from tasks.settings import PROJECT_ROOT
 
 DAGS = PROJECT_ROOT / "dags"
 EXPECTED_UPSTREAM = {
-    "ingest": [], "validate": ["ingest"], "preprocess": ["validate"], "train": ["preprocess"],
-    "register": ["ingest", "train"], "compress": ["preprocess", "register"],
+    "base_model": [], "ingest": [], "validate": ["ingest"],
+    "preprocess": ["base_model", "validate"], "train": ["base_model", "preprocess"],
+    "register": ["base_model", "ingest", "train"], "compress": ["preprocess", "register"],
     "evaluate": ["compress", "preprocess"], "canary": ["evaluate", "preprocess"],
     "promote": ["canary", "evaluate"], "report": ["promote"], "run_failed": ["promote"],
 }

@@ -5,8 +5,9 @@ from transformers import AutoTokenizer
 from tasks.config import LifecycleConfig
 from tasks.data.preprocess import run, split_frame
 from tasks.data.source import load_demo
+from tasks.lm.template import BOT, EOS, USER
 from tasks.stage import StageContext
-from tasks.text import BOT, EOS, USER
+from tests.conftest import scratch_base
 
 
 def test_split_is_deterministic_and_keeps_each_prompt_on_one_side():
@@ -28,7 +29,8 @@ def test_tokenizer_is_trained_and_round_trips_both_scripts(home, tiny):
     path = home / "masked.parquet"
     frame.to_parquet(path, index=False)
     ctx = StageContext(stage="preprocess", dag_id="d", run_id="r", config=tiny,
-                       inputs={"validate": {"dataset_uri": str(path)}})
+                       inputs={"validate": {"dataset_uri": str(path)},
+                               "base_model": scratch_base()})
     result = run(ctx)
     tok = AutoTokenizer.from_pretrained(result["tokenizer_uri"])
     assert len(tok) <= tiny.vocab_size
@@ -44,6 +46,7 @@ def test_too_little_data_is_a_clear_error(home):
     path = home / "masked.parquet"
     pd.DataFrame({"prompt": ["a"], "response": ["b"], "language": ["english"]}).to_parquet(path)
     ctx = StageContext(stage="preprocess", dag_id="d", run_id="r", config=LifecycleConfig(),
-                       inputs={"validate": {"dataset_uri": str(path)}})
+                       inputs={"validate": {"dataset_uri": str(path)},
+                               "base_model": scratch_base()})
     with pytest.raises(ValueError, match="split '.*' is empty"):
         run(ctx)

@@ -67,3 +67,13 @@ def test_content_hash_changes_with_content(tmp_path):
                     (str(tmp_path),))
     assert content_hash(a) != content_hash(b)
     assert Path(tmp_path / "a.jsonl").exists()
+
+
+def test_reads_a_dataset_from_s3_under_an_allowed_prefix(tmp_path, s3):
+    path = write_dataset(tmp_path / "d.jsonl", ROWS)
+    s3.mkdir("datasets")
+    s3.put_file(str(path), "datasets/team/d.jsonl")
+    frame = read_source("s3://datasets/team/d.jsonl", ("english", "chinese"),
+                        ("s3://datasets/team",))
+    assert content_hash(frame) == content_hash(read_source(str(path), ("english", "chinese"),
+                                                           (str(tmp_path),)))

@@ -16,8 +16,8 @@ from tests.conftest import TINY, write_dataset
 from tests.e2e.airflow_env import airflow_env, dag_test, migrate, runs
 
 pytestmark = pytest.mark.e2e
-STAGES = ["ingest", "validate", "preprocess", "train", "register", "compress", "evaluate",
-          "canary", "promote"]
+STAGES = ["base_model", "ingest", "validate", "preprocess", "train", "register", "compress",
+          "evaluate", "canary", "promote"]
 # Compression on in run 1 with a gate every candidate passes, so the choice is the policy's.
 COMPRESS_ON = {"compress_methods": ["torch_int8_dynamic", "modelopt_int8", "prune_structured"],
                "compress_policy": "smallest", "finetune_steps": 10,
@@ -54,7 +54,9 @@ def _compress_result(env, dag_run: dict) -> dict:
 
 
 def test_two_runs_second_compares_against_first_champion(env):
-    """Run 1 trains with Horovod and compresses; run 2 trains with DDP, no compression."""
+    """Run 1 trains the demo GPT-2 from scratch with Horovod and compresses; run 2
+    fine-tunes a Llama checkpoint with FSDP, no compression, and must beat run 1's champion
+    (the same registered model) offline and in the canary."""
     first = dag_test(env, TINY | {"launcher": "horovod", "workers": 2} | COMPRESS_ON)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     summary = _summary(env)
@@ -72,13 +74,19 @@ def test_two_runs_second_compares_against_first_champion(env):
     assert champion.tags["aigc.compress.method"] == smallest["method"]
     assert champion.tags["aigc.decision"] == "promoted"
 
-    second = dag_test(env, TINY | {"seed": 99, "launcher": "ddp", "workers": 2,
-                                   "compress_methods": []})
+    from tasks.scaffold import scaffold
+
+    llama = scaffold("llama", Path(env["AIGC_ALLOWED_ROOTS"]) / "models" / "llama")
+    second = dag_test(env, TINY | {"seed": 99, "launcher": "fsdp", "workers": 2,
+                                   "compress_methods": [], "base_model": str(llama)})
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     summary = _summary(env)
     assert f"champion {chosen}" in summary.stdout  # compared against the first champion
     latest = max(client.search_model_versions("name = 'aigc-gpt2'"), key=lambda v: int(v.version))
     assert latest.tags["aigc.role"] == "trained"  # compression off: the trained model itself
+    assert latest.tags["aigc.architecture"] == "LlamaForCausalLM"
+    assert latest.tags["aigc.base_model"] == str(llama)
+    assert "base model: LlamaForCausalLM" in summary.stdout
     assert latest.tags["aigc.decision"] in ("promoted", "rejected")
     assert "champion" in latest.tags["aigc.decision_reason"]
     # The second challenger meets a champion: the canary runs against a server the stage
@@ -113,7 +121,7 @@ def test_two_runs_second_compares_against_first_champion(env):
                                                                                "report"])
         train = next(c for c in children if c.data.tags["aigc.stage"] == "train")
         launchers.append((train.data.params["launcher"], train.data.params["workers"]))
-    assert launchers == [("horovod", "2"), ("ddp", "2")]
+    assert launchers == [("horovod", "2"), ("fsdp", "2")]
 
 
 def test_validation_gate_fails_the_run_and_registers_nothing(env):
@@ -140,3 +148,13 @@ def test_unknown_conf_key_fails_the_first_task_with_the_field_named(env):
     result = dag_test(env, TINY | {"max_stepz": 3})
     assert "max_stepz: unknown config field" in result.stdout + result.stderr
     assert _summary(env).returncode == 1
+
+
+def test_a_bad_base_model_fails_the_run_at_its_first_stage_and_registers_nothing(env):
+    result = dag_test(env, TINY | {"base_model": "/etc", "model_name": "base-gate"})
+    log = result.stdout + result.stderr
+    assert "base_model: '/etc' is outside the allowed roots" in log
+    summary = _summary(env)
+    assert summary.returncode == 1
+    assert "not completed: base_model, preprocess, train" in summary.stdout
+    assert _client(env).search_model_versions("name = 'base-gate'") == []

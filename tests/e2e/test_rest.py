@@ -127,8 +127,9 @@ def test_trigger_with_conf_runs_to_success(api):
     assert _wait(finished, 900, "the triggered run", interval=5) == "success"
     tis = session.get(f"{run_url}/taskInstances", timeout=60).json()["task_instances"]
     assert {t["task_id"]: t["state"] for t in tis} == {
-        s: "success" for s in ("ingest", "validate", "preprocess", "train", "register",
-                               "compress", "evaluate", "canary", "promote", "report")} | {
+        s: "success" for s in ("base_model", "ingest", "validate", "preprocess", "train",
+                               "register", "compress", "evaluate", "canary", "promote",
+                               "report")} | {
         "run_failed": "skipped"}
     # The report task's extra link, as the UI shows it, opens the report in MLflow.
     links = session.get(f"{run_url}/taskInstances/report/links", timeout=60).json()

@@ -17,8 +17,7 @@ from tasks.config import LifecycleConfig
 from tasks.kube import KubernetesSettings, MPIJobFailed, job_name, mpijob_manifest
 from tasks.runner import localize, stage_argv
 from tasks.stage import RESULT_FILE, StageContext, write_json
-from tests.conftest import TINY, isolated_settings
-from tests.train.test_distributed import prepared  # noqa: F401 - fixture
+from tests.conftest import TINY, isolated_settings, train_context
 
 K8S_VERSION = "1.33.0"
 SCHEMA = json.loads(Path(__file__).with_name("mpijob_v2beta1.schema.json").read_text())
@@ -136,15 +135,12 @@ def test_settings_file_with_unknown_key_is_named(tmp_path, monkeypatch):
         KubernetesSettings.from_env()
 
 
-def _prepared_ctx(prepared, **overrides) -> StageContext:  # noqa: F811
-    root, prep = prepared
-    cfg = LifecycleConfig.from_dict(TINY | {"compute_target": "kubernetes", "max_steps": 30}
-                                    | overrides)
-    return StageContext(stage="train", dag_id="aigc_lifecycle", run_id="k8s-local",
-                        config=cfg, inputs={"preprocess": prep}, settings=isolated_settings(root))
+def _prepared_ctx(prepared, **overrides) -> StageContext:
+    return train_context(prepared, "k8s-local", dag_id="aigc_lifecycle", **{
+        "compute_target": "kubernetes", "max_steps": 30} | overrides)
 
 
-def test_local_runner_executes_the_rendered_pod_command(prepared):  # noqa: F811
+def test_local_runner_executes_the_rendered_pod_command(prepared):
     ctx = _prepared_ctx(prepared, launcher="horovod", workers=2)
     container = _render_pod(ctx, SETTINGS["cpu-only"])["spec"]["containers"][0]
     write_json(ctx.stage_dir / "payload.json", ctx.to_payload())
@@ -156,7 +152,7 @@ def test_local_runner_executes_the_rendered_pod_command(prepared):  # noqa: F811
     assert result["val_perplexity"] < result["untrained_val_perplexity"]
 
 
-def test_local_runner_executes_the_rendered_mpijob_launcher(prepared, tmp_path):  # noqa: F811
+def test_local_runner_executes_the_rendered_mpijob_launcher(prepared, tmp_path):
     """The launcher's horovodrun over a two-'node' hostfile (both slots on this machine)."""
     ctx = _prepared_ctx(prepared, launcher="horovod", workers=1, nodes=2)
     job = mpijob_manifest(ctx, SETTINGS["cpu-only"])

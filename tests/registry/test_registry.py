@@ -2,11 +2,12 @@ import mlflow
 import pandas as pd
 import pytest
 
+from tasks.lm.artifact import load_lm
 from tasks.registry import promote, register
 from tasks.registry.model import model_dir_of
-from tasks.registry.runtime import load_lm
 from tasks.stage import StageContext
 from tasks.train.loop import build_model
+from tests.conftest import scratch_base
 
 
 @pytest.fixture
@@ -17,7 +18,7 @@ def model_dir(tmp_path, tiny):
 
     train_tokenizer(["hello there", "how are you", "你好吗"] * 20, 300, tmp_path / "tok")
     tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
-    model = build_model(tiny, tok)
+    model = build_model(tiny, tok, None)
     model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     return tmp_path / "model"
@@ -27,7 +28,8 @@ def _register(tiny, model_dir, run_id="run-1"):
     ctx = StageContext(stage="register", dag_id="aigc_lifecycle", run_id=run_id, config=tiny,
                        inputs={"train": {"model_uri": str(model_dir), "val_loss": 1.0,
                                          "val_perplexity": 2.7, "train_loss": 0.9},
-                               "ingest": {"dataset_hash": "abc123"}})
+                               "ingest": {"dataset_hash": "abc123"},
+                               "base_model": scratch_base()})
     return register.run(ctx)
 
 

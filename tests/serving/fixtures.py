@@ -13,7 +13,7 @@ import pytest
 from tasks.cli import run_stage
 from tasks.config import LifecycleConfig
 from tasks.stage import StageContext
-from tests.conftest import TINY, isolated_settings, prepare_demo
+from tests.conftest import TINY, isolated_settings, prepare_demo, scratch_base
 
 SERVE = TINY | {"launcher": "single", "max_steps": 40}
 
@@ -42,7 +42,7 @@ def _faulty_dir(model_dir: str, target: Path, mode: str) -> str:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tasks.registry.runtime import LogitsOf, write_manifest
+    from tasks.lm.artifact import LogitsOf, write_manifest
     from tests.serving.faulty import Faulty
 
     target.mkdir(parents=True)
@@ -63,7 +63,8 @@ def registry(tmp_path_factory) -> Registry:
     prep = prepare_demo(root)
     cfg = LifecycleConfig.from_dict(SERVE)
     train = run_stage(StageContext(stage="train", dag_id="d", run_id="r", config=cfg,
-                                   inputs={"preprocess": prep}, settings=settings))
+                                   inputs={"preprocess": prep, "base_model": scratch_base()},
+                                   settings=settings))
     model_dir = train["model_uri"]
     dirs = {"champion": model_dir, "healthy": model_dir,
             "broken": _faulty_dir(model_dir, root / "broken", "raise"),
@@ -72,7 +73,8 @@ def registry(tmp_path_factory) -> Registry:
     versions = {}
     with stage_run(ctx):
         for role, folder in dirs.items():
-            versions[role] = register(ctx, folder, role, {"aigc.test_role": role})
+            versions[role] = register(ctx, cfg.model_name, folder, role,
+                                      {"aigc.test_role": role})
     reg = Registry(root, settings, prep, cfg.model_name, versions)
     reg.point(versions["champion"], versions["healthy"])
     return reg

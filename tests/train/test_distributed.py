@@ -20,7 +20,7 @@ from tasks.stage import StageContext, write_json
 from tasks.train.data import batch_indices, shard
 from tasks.train.launch import collect
 from tasks.train.worker import rank_file
-from tests.conftest import TINY, isolated_settings, prepare_demo
+from tests.conftest import isolated_settings, train_context
 
 LAUNCHERS = ["ddp", "horovod"]
 PROBE = Path(__file__).with_name("dist_probe.py")
@@ -73,18 +73,8 @@ def test_collect_refuses_ranks_with_different_weights(tmp_path):
         collect(ctx)
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """A preprocessed demo sample (splits + tokenizer) that every launcher trains on."""
-    root = tmp_path_factory.mktemp("dist")
-    return root, prepare_demo(root)
-
-
 def _train_ctx(prepared, run_id: str, **overrides) -> StageContext:
-    root, prep = prepared
-    cfg = LifecycleConfig.from_dict(TINY | {"max_steps": 60, "eval_every": 1000} | overrides)
-    return StageContext(stage="train", dag_id="d", run_id=run_id, config=cfg,
-                        inputs={"preprocess": prep}, settings=isolated_settings(root))
+    return train_context(prepared, run_id, **{"max_steps": 60, "eval_every": 1000} | overrides)
 
 
 def test_launchers_agree_exactly_without_dropout(prepared):
@@ -128,7 +118,7 @@ def _rank_pid(stage: psutil.Process, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.parametrize("launcher", LAUNCHERS)
+@pytest.mark.parametrize("launcher", [*LAUNCHERS, "fsdp"])
 def test_killed_worker_fails_the_stage_and_the_retry_resumes(prepared, launcher):
     """SIGKILL one worker mid-run: the stage exits non-zero saying so; running the same
     stage again resumes from the newest checkpoint and ends like an uninterrupted run."""

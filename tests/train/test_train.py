@@ -4,9 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tasks.data.preprocess import split_frame, train_tokenizer
+from tasks.data.preprocess import make_tokenizer, split_frame
 from tasks.data.source import load_demo
-from tasks.text import format_example
 from tasks.train.data import batch_indices
 from tasks.train.loop import train
 
@@ -16,8 +15,7 @@ def corpus(tmp_path_factory):
     frame = load_demo(["english", "chinese"]).sample(n=400, random_state=0)
     splits = split_frame(frame, 1, 0.1, 0.1)
     out = tmp_path_factory.mktemp("tok")
-    texts = [format_example(p, r) for p, r in splits["train"][["prompt", "response"]].values]
-    train_tokenizer(texts, 400, out / "tok")
+    make_tokenizer(None, splits["train"], 400, out / "tok")
     return splits, AutoTokenizer.from_pretrained(out / "tok")
 
 

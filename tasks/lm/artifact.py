@@ -1,4 +1,4 @@
-"""One interface over every model artifact the lifecycle produces: logits from token ids.
+"""Every model artifact the lifecycle produces, behind one interface: logits from token ids.
 
 A model folder holds a tokenizer and one of these formats (named in `model.json`; a plain
 transformers folder has none and is `hf`):
@@ -6,8 +6,9 @@ transformers folder has none and is `hf`):
 - `torch`: a pickled eager module (INC weight-only and torch.ao dynamic/QAT INT8 models);
 - `pt2`: a `torch.export` program (INC's PT2E INT8 graphs);
 - `onnx`: an ONNX graph run by onnxruntime (ModelOpt's Q/DQ export).
-Sampling and likelihood are written once against `CausalLM`, so every format is evaluated,
-served and benchmarked by the same code.
+Sampling and likelihood are written once against `CausalLM` (tasks.lm.generate,
+tasks.lm.likelihood), so every format is evaluated, served and benchmarked by the same code,
+whatever the architecture (GPT-2, Llama, Qwen2: any transformers causal LM).
 """
 
 from __future__ import annotations
@@ -87,6 +88,17 @@ class OnnxLM:
         return torch.from_numpy(out[0])
 
 
+def context_length(config: Any) -> int:
+    """The longest sequence a transformers config's positions cover (GPT-2 names it
+    n_positions, most others max_position_embeddings)."""
+    for key in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError(f"{type(config).__name__}: no context length (n_positions or "
+                     "max_position_embeddings)")
+
+
 def manifest(model_dir: Path) -> dict[str, Any]:
     path = Path(model_dir) / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else {"format": "hf"}
@@ -110,8 +122,9 @@ def load_lm(model_dir: str | Path, threads: int | None = None) -> tuple[CausalLM
     if fmt == "hf":
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
-        return TorchLM(LogitsOf(model), model.config.n_positions), tokenizer
+        # fp32 whatever the checkpoint stores: CPU kernels and every comparison assume it.
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        return TorchLM(LogitsOf(model), context_length(model.config)), tokenizer
     if fmt == "torch":
         # Our own artifact, written by the compress stage: unpickling runs no foreign code.
         module = torch.load(model_dir / "model.pt", weights_only=False).eval()

@@ -1,0 +1,54 @@
+"""A loaded text model: an artifact of any format, its tokenizer and its stop tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tasks.lm.artifact import CausalLM, load_lm
+from tasks.lm.generate import Generated, Sampling, generate_rows
+from tasks.lm.likelihood import Likelihood, likelihood
+from tasks.lm.template import prepare_tokenizer, stop_ids
+
+
+@dataclass
+class TextModel:
+    """Generation and likelihood of one model folder, prompted with its chat template."""
+
+    lm: CausalLM
+    tokenizer: Any
+    stop: tuple[int, ...]
+
+    def generate_rows(self, prompts: Sequence[str], sampling: Sequence[Sampling],
+                      generators: Sequence[torch.Generator]) -> list[Generated]:
+        return generate_rows(self.lm, self.tokenizer, prompts, sampling, generators, self.stop)
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, seed: int,
+                 temperature: float = 0.8, top_p: float = 0.95, batch_size: int = 16,
+                 ) -> list[str]:
+        """Seeded sampling of many prompts in batches with one setting; the new text."""
+        generator = torch.Generator().manual_seed(seed)
+        sampling = [Sampling(max_new_tokens, temperature, top_p)] * batch_size
+        outputs: list[str] = []
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i: i + batch_size]
+            outputs += [g.text for g in self.generate_rows(chunk, sampling[: len(chunk)],
+                                                           [generator] * len(chunk))]
+        return outputs
+
+    def likelihood(self, pairs: Sequence[tuple[str, str]], batch_size: int = 16,
+                   window: int | None = None) -> Likelihood:
+        return likelihood(self.lm, self.tokenizer, pairs, batch_size, window)
+
+
+def load(model_dir: str | Path, threads: int | None = None) -> TextModel:
+    """The model folder at model_dir, whatever its format. Every folder the lifecycle
+    writes carries its chat template; a bare checkpoint gets the plain one, as training
+    would have given it."""
+    lm, tokenizer = load_lm(model_dir, threads)
+    prepare_tokenizer(tokenizer)
+    return TextModel(lm, tokenizer, stop_ids(tokenizer))
