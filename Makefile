@@ -20,12 +20,16 @@ $(VENV)/.installed: requirements.txt pyproject.toml scripts/build_horovod.sh
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
-	# Horovod 0.28.1 needs a patched source build; the wheel is cached in .cache/wheels.
+	# Horovod 0.28.1 needs a patched source build; the wheel is cached outside the clone
+	# (~/.cache/aigc-lifecycle/horovod, per torch and Python version).
 	scripts/build_horovod.sh $(PY)
 	touch $@
 
-$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt scripts/get_promtool.sh
+$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt scripts/get_promtool.sh \
+    scripts/get_chromium.sh
 	$(PY) -m pip install -q -r requirements-test.txt
+	# The browser tests' chromium + chromedriver: Debian's packages, where apt is allowed.
+	scripts/get_chromium.sh || echo "chromium unavailable: the browser tests will say so"
 	# promtool checks the alert rules: Debian's prometheus package, unpacked into .cache.
 	scripts/get_promtool.sh || echo "promtool unavailable: the alert-rule tests will say so"
 	touch $@
@@ -42,9 +46,9 @@ $(VAR)/airflow/.migrated: $(VAR)/env.sh
 
 run: $(VAR)/airflow/.migrated
 	@echo "running aigc_lifecycle once on the bundled demo data (conf: $(CONF))"
-	$(ENV) airflow dags test aigc_lifecycle -c '$(CONF)' > $(VAR)/last-run.log 2>&1 \
+	@$(ENV) $(PY) -m tasks.progress --conf '$(CONF)' --log $(VAR)/last-run.log \
 	  || { tail -40 $(VAR)/last-run.log; exit 1; }
-	@echo "full log: $(VAR)/last-run.log"
+	@echo "Airflow's output: $(VAR)/last-run.log; each task's log: make up, then the run in the UI"
 	@$(ENV) airflow dags list-runs aigc_lifecycle -o json 2>/dev/null | $(PY) -m tasks.summary
 	@echo
 	@echo "Look at the results:"
@@ -59,10 +63,10 @@ lint: $(VENV)/.test-installed
 	$(PY) -m ruff check .
 
 up: $(VAR)/airflow/.migrated
-	$(ENV) scripts/up.sh $(MLFLOW_PORT)
+	@$(ENV) $(PY) -m tasks.services up --mlflow-port $(MLFLOW_PORT)
 
 down:
-	scripts/down.sh $(VAR)/pids
+	@AIGC_HOME=$(VAR) $(PY) -m tasks.services down
 
 clean:
 	rm -rf $(VAR)

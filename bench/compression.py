@@ -65,7 +65,7 @@ def train_demo(root: Path, steps: int) -> tuple[Path, pd.DataFrame, pd.DataFrame
     settings = demo_settings(root)
     data = root / "dialogs.parquet"
     load_demo(["english", "chinese"]).to_parquet(data)
-    cfg = LifecycleConfig(launcher="single", max_steps=steps)
+    cfg = LifecycleConfig(launcher="single", max_steps=steps, warmup_steps=steps // 12)
     base = scratch(cfg)
     prep = preprocess(StageContext(stage="preprocess", dag_id="bench", run_id="prep",
                                    config=cfg, settings=settings,

@@ -114,7 +114,7 @@ def real_rows(root: Path, settings: Settings, data: Path, steps: int) -> list[di
         folder = scaffold(arch, root / size, size="gpt2-small")
         base = LifecycleConfig.from_dict(REAL_CONF | {
             "base_model": str(folder), "max_steps": steps, "eval_every": 10 * steps,
-            "checkpoint_every": 10 * steps, "launcher": "single"})
+            "checkpoint_every": 10 * steps, "warmup_steps": 1, "launcher": "single"})
         inputs = prepare(settings, data, base, size)
         for method in ("full", "lora"):
             for launcher in launchers:

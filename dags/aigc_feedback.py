@@ -1,6 +1,18 @@
-"""aigc_feedback: hourly, measure new feedback and the champion's drift; when
-`retrain_needed` says so, snapshot the new well-rated feedback and emit the Asset event that
-schedules aigc_lifecycle. Wiring only; the logic lives in `tasks.feedback`."""
+"""aigc_feedback: watches what users say about the champion and retrains when it matters.
+Wiring only; the logic lives in `tasks.feedback`.
+
+- **analyze**: from the request/feedback store (`AIGC_FEEDBACK_DB`), the champion's
+  negative-feedback rate and answer diversity in the last `window_hours` against the
+  `baseline_hours` before, and the new well-rated feedback (thumbs up or rating ≥
+  `min_rating`).
+- **retrain_needed**: yes on volume (`min_new_feedback`) or drift
+  (`max_negative_rate_increase`, `max_diversity_drop`), never within `cooldown_hours` of the
+  last trigger; the reasons are in the task log.
+- **export**: writes the new rows as a Parquet snapshot and emits the Asset event that starts
+  `aigc_lifecycle`, which trains on exactly those rows.
+
+Schedule: hourly (`AIGC_FEEDBACK_SCHEDULE`); the DAG starts paused — unpause it to watch.
+"""
 
 from __future__ import annotations
 

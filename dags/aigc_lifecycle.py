@@ -1,6 +1,37 @@
-"""aigc_lifecycle: data to champion — base model, ingest, validate, preprocess, train,
-register, compress, evaluate, canary, promote, and the run report. Wiring only; every stage lives in
-the `tasks` package."""
+"""aigc_lifecycle: from data (and, optionally, a base checkpoint) to a champion model.
+Wiring only; every stage lives in the `tasks` package and runs as `python -m tasks <stage>`.
+
+Stages, and where to look at each:
+- **base_model**: resolves and checks `base_model` (a folder, `s3://`, `models:/…`, a hub
+  id; empty: a small GPT-2 from scratch). Task log.
+- **ingest**: `dataset_uri` (plus a feedback snapshot that triggered the run) into a
+  content-addressed snapshot. Task log.
+- **validate**: masks PII, runs the Great Expectations suite, stops the run on bad data.
+  The run report's validation table.
+- **preprocess**: splits by prompt; the base model's tokenizer (or a BPE one for the demo)
+  with its chat template. Task log.
+- **train**: `launcher` horovod / ddp / fsdp / single, full or LoRA, resumable. The task's
+  **MLflow run** link (loss curves); every stage task has one.
+- **register**: the model into MLflow's registry as `challenger`. The version's description.
+- **compress**: INT8 / pruned / distilled candidates behind a quality, size and speed gate.
+  The report's compression table.
+- **evaluate**: offline A/B against `champion` on held-out data. The report's A/B chart.
+- **canary**: 5 → 25 → 50 → 100 % of live traffic with automatic rollback. The report's
+  canary timeline.
+- **promote**: moves `champion` when evaluation and canary agree. The version's description.
+- **report**: the run on one HTML page: the report task's **Run report** link.
+
+Knobs that matter most (Trigger → the form's sections): **Data** `dataset_uri`; **Model**
+`base_model`, `finetune_method`; **Training** `launcher`, `workers`, `max_steps`,
+`compute_target`; **Compression** `compress_methods`, `compress_policy` and the gate's
+limits; **Canary** `canary_steps`. A bad value is refused when the run is triggered, naming
+the field; rules between fields (width vs heads, warm-up vs steps) fail the first tasks with
+the field named.
+
+Schedule: weekly (`AIGC_LIFECYCLE_SCHEDULE`) and whenever `aigc_feedback` exports a feedback
+snapshot; the DAG starts paused — unpause it (the toggle, or the trigger dialog's
+"unpause" box, which Airflow pre-selects) for schedules and triggers to run.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +66,8 @@ TIMEOUTS = {
 
 @dag(
     dag_id="aigc_lifecycle",
-    description="Validate, train, compress, evaluate, canary and promote the AIGC model",
+    description=f"Train, compress, evaluate, canary and promote the model; runs {SCHEDULE} and on "
+                "each feedback snapshot",
     # Retrain weekly, or as soon as the feedback DAG exports a snapshot (one run per event).
     schedule=FEEDBACK_SNAPSHOTS if SCHEDULE.lower() == "none" else AssetOrTimeSchedule(
         timetable=CronTriggerTimetable(SCHEDULE, timezone="UTC"), assets=FEEDBACK_SNAPSHOTS),

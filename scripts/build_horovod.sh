@@ -3,11 +3,14 @@
 #
 # The released sdist asks for C++14, but torch >= 2 headers need C++17: patch the two
 # CMakeLists, build with gloo (and MPI when its headers exist), and keep the wheel in
-# $HOROVOD_WHEEL_CACHE so the next install is a plain wheel install.
+# $HOROVOD_WHEEL_CACHE so the next install is a plain wheel install. By default that cache
+# is outside the checkout, like pip's (a fresh clone on this machine does not build again),
+# and per torch and Python version: the extension is compiled against both.
 set -euo pipefail
 python=${1:?usage: build_horovod.sh PYTHON}
 version=0.28.1
-cache=${HOROVOD_WHEEL_CACHE:-$(cd "$(dirname "$0")/.." && pwd)/.cache/wheels}
+abi=$("$python" -c 'import sys, torch; print(f"torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}")')
+cache=${HOROVOD_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/aigc-lifecycle/horovod/$abi}
 mkdir -p "$cache"
 wheel=$(ls "$cache"/horovod-$version-*.whl 2>/dev/null | head -1 || true)
 if [ -z "$wheel" ]; then

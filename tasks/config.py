@@ -47,6 +47,10 @@ class CheckedConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{unknown[0]}: unknown config field (known: {sorted(names)})")
+        # The trigger form sends an optional field that was left or made empty as null.
+        optional = {f.name: type(f.default)() for f in dataclasses.fields(cls)
+                    if _is_optional(f)}
+        data = {k: optional[k] if v is None and k in optional else v for k, v in data.items()}
         # Arrays are tuples inside (the config is frozen and hashable), lists in JSON.
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
@@ -244,6 +248,9 @@ class LifecycleConfig(CheckedConfig):
         if self.finetune_method == "lora" and not self.base_model:
             raise ConfigError("finetune_method: lora needs a base_model (adapters on a "
                               "randomly initialised model learn next to nothing)")
+        if self.warmup_steps >= self.max_steps:
+            raise ConfigError(f"warmup_steps: {self.warmup_steps} is not below "
+                              f"max_steps={self.max_steps}")
         if self.batch_size % self.world_size:
             raise ConfigError(f"batch_size: {self.batch_size} is not divisible by "
                               f"workers={self.world_size}")
@@ -283,6 +290,34 @@ class FeedbackConfig(CheckedConfig):
                          "is excluded.", minimum=1, maximum=5)
 
 
+# The trigger form's sections, in the order they are shown; every field is in one.
+SECTIONS: dict[type, dict[str, tuple[str, ...]]] = {LifecycleConfig: {
+    "Data": ("dataset_uri", "languages", "max_rows", "min_chars", "max_chars", "val_fraction",
+             "test_fraction"),
+    "Model": ("base_model", "model_name", "finetune_method", "lora_r", "lora_alpha",
+              "lora_dropout", "lora_target_modules", "loss_on_prompt", "vocab_size",
+              "n_layer", "n_embd", "n_head", "dropout", "block_size"),
+    "Training": ("launcher", "workers", "nodes", "compute_target", "precision", "batch_size",
+                 "max_steps", "learning_rate", "warmup_steps", "weight_decay",
+                 "checkpoint_every", "eval_every", "seed"),
+    "Compression": ("compress_methods", "compress_policy", "compress_max_quality_loss",
+                    "compress_min_speedup", "compress_max_size_ratio", "latency_batch",
+                    "calibration_batches", "woq_bits", "woq_group_size", "finetune_steps",
+                    "prune_sparsity", "distill_teacher", "distill_n_layer", "distill_n_embd",
+                    "distill_steps", "distill_temperature", "distill_alpha"),
+    "Evaluation": ("eval_samples", "max_new_tokens", "max_perplexity", "min_distinct_2",
+                   "min_similarity", "max_regression"),
+    "Canary": ("canary_steps", "canary_interval_s", "canary_min_requests", "canary_max_holds",
+               "canary_max_error_rate_increase", "canary_max_p99_ratio",
+               "canary_min_feedback", "canary_alpha", "canary_traffic", "canary_concurrency"),
+}, FeedbackConfig: {
+    "Watch": ("model_name", "window_hours", "baseline_hours", "min_window_feedback",
+              "min_window_responses"),
+    "Retrain when": ("min_new_feedback", "max_negative_rate_increase", "max_diversity_drop",
+                     "cooldown_hours", "min_rating"),
+}}
+
+
 def _json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
@@ -300,6 +335,14 @@ def field_schema(f: dataclasses.Field) -> dict[str, Any]:
     meta = dict(f.metadata)
     meta.pop("help")
     return {"type": _json_type(f.default), **meta}
+
+
+def _is_optional(f: dataclasses.Field) -> bool:
+    """A field that may be empty: a text whose empty value means 'not set' (a base model,
+    a name) or a list that may have no items (no compression method, no target module)."""
+    if isinstance(f.default, tuple):
+        return not f.metadata.get("minItems")
+    return f.default == ""
 
 
 def _check_field(f: dataclasses.Field, value: Any) -> None:
@@ -354,13 +397,57 @@ def _check_item(name: str, schema: dict[str, Any], item: Any) -> None:
         raise ConfigError(f"{name}: item {item!r} does not match {schema['pattern']}")
 
 
+def _sections(cls: type[CheckedConfig]) -> dict[str, str]:
+    """Field name -> its section of the trigger form."""
+    return {name: section for section, names in SECTIONS.get(cls, {}).items()
+            for name in names}
+
+
+def _bounds_text(schema: dict[str, Any]) -> str:
+    """A number field's bounds in words, for its description in the trigger form."""
+    def num(v: Any) -> str:
+        return f"{v:,}" if isinstance(v, int) else f"{v:g}"
+
+    low = (f"at least {num(schema['minimum'])}" if "minimum" in schema
+           else f"above {num(schema['exclusiveMinimum'])}" if "exclusiveMinimum" in schema
+           else "")
+    high = f"at most {num(schema['maximum'])}" if "maximum" in schema else ""
+    return f" ({', '.join(p for p in (low, high) if p)})" if low or high else ""
+
+
+def form_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A field's schema as Airflow's trigger form should get it.
+
+    The form passes top-level minimum/maximum to its number input, which clamps an
+    out-of-range entry without a word (-1 becomes 1); under `allOf` the same bounds reach
+    only the server's validation, which refuses the run naming the field. A list of
+    choices needs `examples` for the form to offer them as a multi-select."""
+    bounds = {k: schema[k] for k in ("minimum", "maximum", "exclusiveMinimum")
+              if k in schema}
+    out = {k: v for k, v in schema.items() if k not in bounds}
+    if bounds:
+        out["allOf"] = [bounds]
+    if out["type"] == "array" and "enum" in out.get("items", {}):
+        out["examples"] = list(out["items"]["enum"])
+    return out
+
+
 def params_schema(cls: type[CheckedConfig] = LifecycleConfig,
                   defaults: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Per-field default, description and schema: the source of a DAG's Airflow Params.
-    `defaults` (a validated config's dict) replaces the built-in defaults."""
+    """Per-field default, description (with its bounds), trigger-form section and schema:
+    the source of a DAG's Airflow Params. `defaults` (a validated config's dict) replaces
+    the built-in defaults."""
     defaults = defaults or cls().to_dict()
-    return {
-        f.name: {"default": defaults[f.name], "description": f.metadata["help"],
-                 **field_schema(f)}
-        for f in dataclasses.fields(cls)
-    }
+    sections = _sections(cls)
+    specs = {}
+    for f in dataclasses.fields(cls):
+        schema = field_schema(f)
+        form = form_schema(schema)
+        if _is_optional(f):
+            # The form refuses a required field left empty; these may be empty (or null).
+            form["type"] = [schema["type"], "null"]
+        specs[f.name] = {"default": defaults[f.name],
+                         "description": f.metadata["help"] + _bounds_text(schema),
+                         **({"section": sections[f.name]} if f.name in sections else {}),
+                         **form}
+    return specs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ def _candidate_line(c: dict[str, Any]) -> str:
         return f"  {c['method']}: error {c['error']}"
     v, m = c["verdict"], c["measurement"]
     return (f"  {c['method']}: version {c['version']} {'pass' if v['passed'] else 'fail'}, "
-            f"size {v['size_ratio']:.3f}x ({m['size_bytes']:,} B), speed-up {v['speedup']:.2f}x, "
+            f"size {v['size_ratio']:.3f}x ({m['size_bytes']:,} B), speed-up {v['speedup']:.2f}x "
+            f"±{v['speed_spread'] / 2:.2f}{'' if v['speed_conclusive'] else ' (inconclusive)'}, "
             f"quality {v['quality_loss']:+.2%}")
 
 
@@ -55,51 +57,82 @@ def base_line(base: dict[str, Any]) -> str:
             f"{base['chat_template']}; registers as {base['model_name']}")
 
 
+def _ingest(ing: dict[str, Any]) -> list[str]:
+    return [f"dataset: {ing['rows']:,} rows from {ing['source_uri']}, "
+            f"sha256 {ing['dataset_hash'][:16]}…"]
+
+
+def _validate(val: dict[str, Any]) -> list[str]:
+    return [f"validation: {'passed' if val['success'] else 'FAILED'}, PII masked "
+            f"{val['pii_masked'] or 0}; report {val['report_uri']}"]
+
+
+def _preprocess(prep: dict[str, Any]) -> list[str]:
+    rows = prep["rows"]
+    return [f"preprocess: {rows['train']:,} / {rows['validation']:,} / {rows['test']:,} pairs "
+            f"for train / validation / test; vocabulary {prep['vocab_size']:,}"]
+
+
+def _train(tr: dict[str, Any]) -> list[str]:
+    method = ("" if tr["finetune_method"] == "full" else
+              f" (LoRA: {tr['trainable_parameters']:,} trained)")
+    return [f"train: {tr['parameters']:,} parameters{method}, {tr['steps']} steps on "
+            f"{tr['workers']} {tr['launcher']} worker(s); train loss {tr['train_loss']:.3f}; "
+            f"held-out loss {tr['val_loss']:.3f}, perplexity {tr['val_perplexity']:.1f} "
+            f"(untrained {tr['untrained_val_perplexity']:.1f})"]
+
+
+def _register(reg: dict[str, Any]) -> list[str]:
+    return [f"registered: {reg['model_name']} version {reg['version']} (alias {reg['alias']})"]
+
+
+def _compress(co: dict[str, Any]) -> list[str]:
+    return [f"compress: challenger is version {co['version']} ({co['method']}); {co['reason']}",
+            *(_candidate_line(c) for c in co["candidates"])]
+
+
+def _evaluate(ev: dict[str, Any]) -> list[str]:
+    c = ev["challenger"]
+    verdict = "promote" if ev["decision"]["promote"] else "keep the champion"
+    return [f"evaluate: {verdict}; test perplexity {c['perplexity']:.1f}, distinct-2 "
+            f"{c['distinct_2']:.3f}, similarity {c['similarity']:.3f}; champion "
+            f"{ev['champion_version'] or 'none'}"]
+
+
+def _canary(ca: dict[str, Any]) -> list[str]:
+    if not ca["ran"]:
+        return [f"canary: skipped, {ca['reason']}"]
+    return [f"canary: {ca['decision']} version {ca['version']} after {ca['steps']} analyses",
+            *(f"  {h}" for h in ca["history"])]
+
+
+def _promote(pr: dict[str, Any]) -> list[str]:
+    return [f"promote: {pr['decision']} version {pr['version']}; champion is "
+            f"{pr['champion_version'] or 'none'}", f"  why: {pr['reason']}"]
+
+
+def _report(rp: dict[str, Any]) -> list[str]:
+    return [f"report: {rp['report_uri']} ({len(rp['charts'])} charts; in MLflow: {rp['url']})"]
+
+
+# What each stage's result says, most important first: the summary prints every line, the
+# progress view of `make run` the first.
+LINES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "base_model": lambda base: [base_line(base)], "ingest": _ingest, "validate": _validate,
+    "preprocess": _preprocess, "train": _train, "register": _register,
+    "compress": _compress, "evaluate": _evaluate, "canary": _canary, "promote": _promote,
+    "report": _report,
+}
+
+
 def render(run: dict[str, Any], results: dict[str, dict[str, Any]], run_dir: Path) -> str:
     lines = [f"run {run['run_id']}: {run['state']}", f"artifacts: {run_dir}"]
-    if base := results.get("base_model"):
-        lines.append(base_line(base))
-    if ing := results.get("ingest"):
-        lines.append(f"dataset: {ing['rows']} rows from {ing['source_uri']}, "
-                     f"sha256 {ing['dataset_hash'][:16]}…")
-    if val := results.get("validate"):
-        lines.append(f"validation: {'passed' if val['success'] else 'FAILED'}, "
-                     f"PII masked {val['pii_masked'] or 0}; report {val['report_uri']}")
-    elif (run_dir / "validate" / "validation_report.md").exists():
-        lines.append(f"validation: FAILED; report {run_dir / 'validate' / 'validation_report.md'}")
-    if tr := results.get("train"):
-        method = ("" if tr["finetune_method"] == "full" else
-                  f" (LoRA: {tr['trainable_parameters']:,} trained)")
-        lines.append(f"train: {tr['parameters']:,} parameters{method}, {tr['steps']} steps on "
-                     f"{tr['workers']} {tr['launcher']} worker(s); train loss "
-                     f"{tr['train_loss']:.3f}; held-out loss {tr['val_loss']:.3f}, perplexity "
-                     f"{tr['val_perplexity']:.1f} (untrained {tr['untrained_val_perplexity']:.1f})")
-    if reg := results.get("register"):
-        lines.append(f"registered: {reg['model_name']} version {reg['version']} "
-                     f"(alias {reg['alias']})")
-    if co := results.get("compress"):
-        lines.append(f"compress: challenger is version {co['version']} ({co['method']}); "
-                     f"{co['reason']}")
-        lines += [_candidate_line(c) for c in co["candidates"]]
-    if ev := results.get("evaluate"):
-        c = ev["challenger"]
-        lines.append(f"evaluate: test perplexity {c['perplexity']:.1f}, distinct-2 "
-                     f"{c['distinct_2']:.3f}, similarity {c['similarity']:.3f}; champion "
-                     f"{ev['champion_version'] or 'none'}")
-    if ca := results.get("canary"):
-        if ca["ran"]:
-            lines.append(f"canary: {ca['decision']} version {ca['version']} after "
-                         f"{ca['steps']} analyses")
-            lines += [f"  {h}" for h in ca["history"]]
-        else:
-            lines.append(f"canary: skipped, {ca['reason']}")
-    if pr := results.get("promote"):
-        lines.append(f"promote: {pr['decision']} version {pr['version']}; champion is "
-                     f"{pr['champion_version'] or 'none'}")
-        lines.append(f"  why: {pr['reason']}")
-    if rp := results.get("report"):
-        lines.append(f"report: {rp['report_uri']} ({len(rp['charts'])} charts; in MLflow: "
-                     f"{rp['url']})")
+    for stage, describe in LINES.items():
+        if stage in results:
+            lines += describe(results[stage])
+        elif stage == "validate" and (run_dir / "validate" / "validation_report.md").exists():
+            lines.append("validation: FAILED; report "
+                         f"{run_dir / 'validate' / 'validation_report.md'}")
     missing = [s for s in STAGES if s not in results]
     if missing:
         lines.append(f"not completed: {', '.join(missing)}")

@@ -165,3 +165,17 @@ def upload(fs, folder: Path, uri: str) -> str:
         if path.is_file():
             fs.put_file(str(path), f"{uri.rstrip('/')}/{path.relative_to(folder)}")
     return uri
+
+
+def embedded_pngs(page: str) -> dict[str, bytes]:
+    """The images of a report page by chart name; every one must be an embedded PNG, so the
+    page stands alone wherever it is opened."""
+    import base64
+    import re
+
+    found = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="(\w+) chart">', page)
+    assert len(found) == page.count("<img"), "an image that is not an embedded PNG"
+    images = {name: base64.b64decode(data) for data, name in found}
+    for name, png in images.items():
+        assert png[:8] == b"\x89PNG\r\n\x1a\n", name
+    return images

@@ -8,7 +8,7 @@ from tasks.config import ConfigError, LifecycleConfig, params_schema
 def test_defaults_are_valid_and_round_trip():
     cfg = LifecycleConfig()
     assert LifecycleConfig.from_dict(cfg.to_dict()) == cfg
-    assert LifecycleConfig.load(json.dumps({"max_steps": 5})).max_steps == 5
+    assert LifecycleConfig.load(json.dumps({"max_steps": 60})).max_steps == 60
 
 
 @pytest.mark.parametrize(
@@ -46,9 +46,44 @@ def test_params_schema_covers_every_field_with_help_and_type():
     assert set(schema) == set(LifecycleConfig().to_dict())
     for name, spec in schema.items():
         assert spec["description"], name
-        assert spec["type"] in {"integer", "number", "string", "array", "boolean"}, name
-    assert schema["max_steps"]["minimum"] == 1
+        kind = spec["type"]
+        if isinstance(kind, list):  # optional: the form would refuse it left empty
+            assert kind[1] == "null" and LifecycleConfig.from_dict({name: None}), name
+            kind = kind[0]
+        assert kind in {"integer", "number", "string", "array", "boolean"}, name
+    # Bounds reach the server's validation but not the form's number input, which would
+    # clamp an out-of-range entry silently; they are written out in the description.
+    assert "minimum" not in schema["max_steps"]
+    assert schema["max_steps"]["allOf"] == [{"minimum": 1, "maximum": 1_000_000}]
+    assert schema["max_steps"]["description"].endswith("(at least 1, at most 1,000,000)")
     assert schema["languages"]["items"]["enum"] == ["english", "chinese"]
+    assert schema["languages"]["examples"] == ["english", "chinese"]  # a multi-select
+    assert schema["max_steps"]["section"] == "Training"
+    assert schema["base_model"]["type"] == ["string", "null"]  # empty: the demo model
+    assert LifecycleConfig.from_dict({"base_model": None, "compress_methods": None}) == \
+        LifecycleConfig(base_model="", compress_methods=())
+    assert schema["max_steps"]["type"] == "integer"  # required: a number must be given
+    assert [schema[k]["section"] for k in ("dataset_uri", "base_model", "compress_methods",
+                                          "max_perplexity", "canary_steps")] == [
+        "Data", "Model", "Compression", "Evaluation", "Canary"]
+
+
+def test_the_form_schema_refuses_what_the_config_refuses():
+    import jsonschema
+
+    schema = params_schema()
+    for name, value in [("max_steps", -1), ("val_fraction", 0.9), ("learning_rate", 0),
+                        ("compress_methods", ["zip"])]:
+        spec = {k: v for k, v in schema[name].items()
+                if k not in ("default", "description", "section")}
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(value, spec)
+        jsonschema.validate(schema[name]["default"], spec)
+
+
+def test_cross_field_rules_name_the_field():
+    with pytest.raises(ConfigError, match="^warmup_steps: 50 is not below max_steps=40"):
+        LifecycleConfig(max_steps=40)
 
 
 def test_base_model_forms_and_the_derived_model_name_are_accepted():

@@ -1,5 +1,6 @@
-"""The run report: every chart exists, is a real PNG and is not blank; a failed run still
-gets a page that says what did not complete."""
+"""The run report: one self-contained page whose embedded charts are real, non-blank PNGs;
+validation as a table, failures first; a failed run still gets a page that says what did
+not complete."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tasks.cli import run_stage
 from tasks.config import LifecycleConfig
 from tasks.stage import StageContext, write_json
 from tasks.tracking import stage_run
-from tests.conftest import isolated_settings
+from tests.conftest import embedded_pngs, isolated_settings
 
 OBS = {"requests": 100, "errors": 1, "p99_ms": 40.0, "feedback_positive": 8,
        "feedback_total": 10}
@@ -39,23 +40,27 @@ def _results(settings, tmp_path: Path, full: bool) -> None:
     write_json(run_dir / "ingest" / "result.json", {
         "dataset_uri": str(data), "rows": 3, "dataset_hash": "ab" * 32, "source_uri": "demo",
         "feedback": {"exports": [], "rows": 0}})
+    write_json(run_dir / "validate" / "validation_result.json", {"results": [
+        _expectation("expect_column_values_to_not_be_null", True),
+        _expectation("expect_compound_columns_to_be_unique", full)]})
     if not full:
         return
-    (run_dir / "validate").mkdir(parents=True, exist_ok=True)
-    (run_dir / "validate" / "report.md").write_text("| expectation | ok |")
-    write_json(run_dir / "validate" / "result.json", {
-        "report_uri": str(run_dir / "validate" / "report.md"), "pii_masked": 2})
+    write_json(run_dir / "validate" / "result.json", {"pii_masked": {"EMAIL": 2}})
     with stage_run(_ctx(settings, "train")) as run_:
         for step in (10, 20, 30):
             run_.log_metrics({"train_loss": 5.0 - step / 10}, step=step)
         run_.log_metrics({"val_loss": 4.5}, step=20)
-    write_json(run_dir / "train" / "result.json", {"steps": 30, "train_loss": 2.0})
-    verdict = {"passed": True, "size_ratio": 0.3, "speedup": 1.4, "quality_loss": 0.001}
+    write_json(run_dir / "train" / "result.json", {"steps": 30, "train_loss": 2.0123456789,
+                                                    "trainable_parameters": 1234567})
+    verdict = {"passed": True, "size_ratio": 0.3, "speedup": 1.4, "quality_loss": 0.001,
+               "speed_spread": 0.1, "speed_conclusive": True}
     write_json(run_dir / "compress" / "result.json", {"method": "torch_int8_dynamic",
+               "reason": "torch_int8_dynamic is the fastest candidate that passed the gate",
                "candidates": [{"method": "torch_int8_dynamic", "version": "2",
                                "verdict": verdict},
                               {"method": "prune_structured", "version": "3",
-                               "verdict": verdict | {"passed": False, "speedup": 0.9}}]})
+                               "verdict": verdict | {"passed": False, "speedup": 0.9,
+                                                     "speed_conclusive": False}}]})
     write_json(run_dir / "evaluate" / "result.json", {
         "challenger": METRICS, "champion": METRICS | {"distinct_2": 0.7},
         "decision": {"promote": True, "reasons": ["better"]}})
@@ -68,45 +73,60 @@ def _results(settings, tmp_path: Path, full: bool) -> None:
                                                       "reason": "canary passed"})
 
 
-def _charts(html: str, folder: Path) -> list[Path]:
-    return [folder / name for name in re.findall(r'<img src="([^"]+)"', html)]
+def _expectation(kind: str, success: bool) -> dict:
+    return {"success": success, "expectation_config": {"type": kind, "kwargs": {"column": "x"}},
+            "result": {} if success else {"unexpected_count": 1,
+                                           "partial_unexpected_list": ["dup"]}}
+
+
+def _charts(page: str) -> dict[str, np.ndarray]:
+    import io
+
+    import matplotlib.image
+
+    return {name: matplotlib.image.imread(io.BytesIO(png), format="png")
+            for name, png in embedded_pngs(page).items()}
 
 
 def test_a_full_run_renders_every_chart(tmp_path):
     settings = isolated_settings(tmp_path)
     _results(settings, tmp_path, full=True)
     result = run_stage(_ctx(settings, "report"))
-    page = Path(result["report_uri"])
-    html = page.read_text()
-    charts = _charts(html, page.parent)
-    assert [c.stem for c in charts] == ["data", "loss", "compression", "ab", "canary"]
-    for chart in charts:
-        assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", chart
-        import matplotlib.image
-
-        pixels = matplotlib.image.imread(chart)
-        assert pixels.shape[0] > 100 and np.std(pixels) > 0.01, chart  # not blank
+    html = Path(result["report_uri"]).read_text()
+    charts = _charts(html)
+    assert list(charts) == ["data", "loss", "compression", "ab", "canary"] == result["charts"]
+    for name, pixels in charts.items():
+        assert pixels.shape[0] > 100 and np.std(pixels) > 0.01, name  # not blank
     for title in ("Base model", "Data", "Validation", "Training", "Compression",
                   "Offline A/B", "Canary", "Decision"):
         assert f"<h2>{title}</h2>" in html
     assert ("LlamaForCausalLM (1,000,000 parameters, context 256) from /models/llama (local)"
             in html)
+    # Numbers as a person reads them; the inconclusive speed-up says so.
+    assert "<td>2.012</td>" in html and "<td>1,234,567</td>" in html
+    assert "0.90x ±0.05 (inconclusive)" in html
+    assert "}}" not in html.split("</style>")[0]  # the style sheet parses
     assert result["missing"] == ["preprocess", "register"]  # not faked here
     import mlflow
 
     artifacts = mlflow.MlflowClient(settings.tracking_uri).list_artifacts(
         result["mlflow_run_id"], "report")
-    assert {Path(a.path).name for a in artifacts} == {"report.html"} | {
-        c.name for c in charts}
+    assert [Path(a.path).name for a in artifacts] == ["report.html"]
+    # In MLflow's artifact viewer, on its training (not GenAI) view.
     assert result["url"].endswith(f"/runs/{result['mlflow_run_id']}/artifacts/report/"
-                                  "report.html")
+                                  "report.html?workflowType=machine_learning")
 
 
-def test_a_failed_run_still_gets_a_report(tmp_path):
+def test_a_failed_run_still_gets_a_report_with_the_failing_expectation_first(tmp_path):
     settings = isolated_settings(tmp_path)
     _results(settings, tmp_path, full=False)
     result = run_stage(_ctx(settings, "report"))
     html = Path(result["report_uri"]).read_text()
-    assert [c.stem for c in _charts(html, Path(result["report_uri"]).parent)] == ["data"]
+    assert list(_charts(html)) == ["data"]
     assert "not completed: validate, preprocess, train" in html
-    assert json.loads(json.dumps(result))["charts"] == ["data.png"]
+    assert "<b>failed</b>: 1 of 2 expectations" in html
+    first, second = re.findall(r"<td>(expect_\w+)</td>", html)
+    assert (first, second) == ("expect_compound_columns_to_be_unique",
+                               "expect_column_values_to_not_be_null")
+    assert '<tr class="fail"><td>NO</td>' in html
+    assert json.loads(json.dumps(result))["charts"] == ["data"]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -11,16 +12,20 @@ class Measurement:
     """What was measured of one model: held-out quality, serialized size, CPU latency.
 
     `tokenizer` fingerprints the vocabulary: token perplexities are comparable only between
-    models that share it (a student distilled from the champion may not)."""
+    models that share it (a student distilled from the champion may not).
+    `speedup_rounds` are the baseline/candidate latency ratios of rounds in which the two
+    were timed back to back, so both saw the same load on the machine (empty for the
+    baseline itself)."""
 
     perplexity: float
     char_perplexity: float
     size_bytes: int
     latency_ms: float
     tokenizer: str
+    speedup_rounds: Sequence[float] = field(default_factory=tuple)
 
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def to_dict(self) -> dict:
+        return asdict(self) | {"speedup_rounds": list(self.speedup_rounds)}
 
 
 @dataclass(frozen=True)
@@ -33,12 +38,41 @@ class CompressionBudget:
 
 
 @dataclass(frozen=True)
+class Speed:
+    """A speed-up measured over paired rounds: its median, and whether the rounds agree.
+
+    The effect is how far the median is from no change (1.0x); the spread is the range of
+    the rounds. Where the spread exceeds the effect, the rounds do not even agree on the
+    direction, so no speed-up (or slow-down) is called: the result is inconclusive."""
+
+    speedup: float
+    spread: float
+
+    @classmethod
+    def of(cls, rounds: Sequence[float]) -> Speed:
+        if not rounds:
+            raise ValueError("speedup_rounds: a candidate needs paired latency rounds")
+        return cls(statistics.median(rounds), max(rounds) - min(rounds))
+
+    @property
+    def conclusive(self) -> bool:
+        return abs(self.speedup - 1) > self.spread
+
+    @property
+    def faster(self) -> bool:
+        """Measurably faster than the baseline."""
+        return self.conclusive and self.speedup > 1
+
+
+@dataclass(frozen=True)
 class GateVerdict:
     passed: bool
     quality_loss: float
     speedup: float
     size_ratio: float
     reasons: tuple[str, ...]
+    speed_spread: float = 0.0
+    speed_conclusive: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self) | {"reasons": list(self.reasons)}
@@ -46,6 +80,20 @@ class GateVerdict:
     @classmethod
     def from_dict(cls, data: dict) -> GateVerdict:
         return cls(**data | {"reasons": tuple(data["reasons"])})
+
+    @property
+    def speed(self) -> Speed:
+        return Speed(self.speedup, self.speed_spread)
+
+
+def _speed_check(speed: Speed, min_speedup: float) -> tuple[bool, str]:
+    """A demanded speed-up (min above 1x) must be measured; "no slower" (1x or less) fails
+    only on a measured slow-down."""
+    ok = (speed.conclusive and speed.speedup >= min_speedup if min_speedup > 1
+          else speed.speedup >= min_speedup or not speed.conclusive)
+    note = "" if speed.conclusive else ", inconclusive: the rounds' spread exceeds the effect"
+    return ok, (f"speed-up {speed.speedup:.2f}x ±{speed.spread / 2:.2f}{note} vs min "
+                f"{min_speedup:.2f}x")
 
 
 def passes_compression_gate(baseline: Measurement, candidate: Measurement,
@@ -59,20 +107,20 @@ def passes_compression_gate(baseline: Measurement, candidate: Measurement,
     unit = "perplexity" if same_vocab else "char perplexity"
     loss = (candidate.perplexity / baseline.perplexity if same_vocab
             else candidate.char_perplexity / baseline.char_perplexity) - 1
-    speedup = baseline.latency_ms / candidate.latency_ms
+    speed = Speed.of(candidate.speedup_rounds)
     ratio = candidate.size_bytes / baseline.size_bytes
     checks = [
         (loss <= budget.max_quality_loss,
          f"quality loss {loss:+.2%} vs max {budget.max_quality_loss:.2%} ({unit})"),
-        (speedup >= budget.min_speedup,
-         f"speed-up {speedup:.2f}x vs min {budget.min_speedup:.2f}x"),
+        _speed_check(speed, budget.min_speedup),
         (ratio <= budget.max_size_ratio,
          f"size ratio {ratio:.3f} vs max {budget.max_size_ratio:.3f}"),
     ]
     failed = [f"FAIL {text}" for ok, text in checks if not ok]
     passed = [f"ok {text}" for ok, text in checks if ok]
-    return GateVerdict(passed=not failed, quality_loss=loss, speedup=speedup, size_ratio=ratio,
-                       reasons=tuple(failed + passed))
+    return GateVerdict(passed=not failed, quality_loss=loss, speedup=speed.speedup,
+                       size_ratio=ratio, reasons=tuple(failed + passed),
+                       speed_spread=speed.spread, speed_conclusive=speed.conclusive)
 
 
 POLICIES = ("smallest", "fastest")
@@ -80,19 +128,23 @@ POLICIES = ("smallest", "fastest")
 
 def choose(candidates: Sequence[tuple[str, Measurement, GateVerdict]], policy: str,
            ) -> str | None:
-    """The best passing candidate's name under the policy; None when none passed.
+    """The best passing candidate's name under the policy; None when none qualifies.
 
-    Ties break on the other criterion, then on quality, then on the name (deterministic)."""
+    `fastest` considers only candidates measurably faster than the baseline: a speed-up
+    inside the noise is never a reason to pick one. `smallest` ranks by size, then by
+    speed (an inconclusive one counts as no speed-up). Ties break on quality, then on the
+    name (deterministic)."""
     if policy not in POLICIES:
         raise ValueError(f"compress_policy: {policy!r} is not one of {POLICIES}")
-    passing = [(name, m) for name, m, v in candidates if v.passed]
-    if not passing:
+    eligible = [(name, m, v) for name, m, v in candidates
+                if v.passed and (policy == "smallest" or v.speed.faster)]
+    if not eligible:
         return None
 
-    def key(item: tuple[str, Measurement]) -> tuple:
-        name, m = item
-        size_first = (m.size_bytes, m.latency_ms)
-        primary = size_first if policy == "smallest" else size_first[::-1]
+    def key(item: tuple[str, Measurement, GateVerdict]) -> tuple:
+        name, m, v = item
+        speed = v.speedup if v.speed_conclusive else 1.0
+        primary = (m.size_bytes, -speed) if policy == "smallest" else (-speed, m.size_bytes)
         return (*primary, m.char_perplexity, name)
 
-    return min(passing, key=key)[0]
+    return min(eligible, key=key)[0]

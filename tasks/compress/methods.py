@@ -92,7 +92,7 @@ def fine_tune(model: torch.nn.Module, wb: Workbench, steps: int, peak_lr: float,
               loss_fn: LossFn = lm_objective) -> None:
     """Short seeded fine-tune (warm-up, cosine decay) on the training blocks; the one loop
     behind pruning recovery, QAT and distillation."""
-    cfg = dataclasses.replace(wb.cfg, max_steps=steps, warmup_steps=max(1, steps // 10))
+    cfg = dataclasses.replace(wb.cfg, max_steps=steps, warmup_steps=steps // 10)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=peak_lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))

@@ -4,6 +4,7 @@ the best one that passes the gate (or keep the uncompressed model and say why)."
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import traceback
@@ -25,6 +26,7 @@ from tasks.compress.methods import METHODS, Workbench
 from tasks.config import LifecycleConfig
 from tasks.errors import BadInput
 from tasks.lm.artifact import MANIFEST, manifest
+from tasks.lm.model import TextModel, load
 from tasks.registry.model import model_dir_of
 from tasks.registry.register import CHALLENGER, champion_version, register
 from tasks.stage import StageContext, atomic_path, write_json
@@ -82,6 +84,8 @@ def _tags(method: str, base_version: str, m: Measurement, verdict: GateVerdict,
         "aigc.compress.char_perplexity": f"{m.char_perplexity:.6g}",
         "aigc.compress.quality_loss": f"{verdict.quality_loss:.4g}",
         "aigc.compress.speedup": f"{verdict.speedup:.4g}",
+        "aigc.compress.speedup_spread": f"{verdict.speed_spread:.4g}",
+        "aigc.compress.speed": ("measured" if verdict.speed_conclusive else "inconclusive"),
         "aigc.compress.size_ratio": f"{verdict.size_ratio:.4g}",
         "aigc.compress.verdict": "pass" if verdict.passed else "fail",
         "aigc.compress.reasons": "; ".join(verdict.reasons)[:4900],
@@ -107,6 +111,10 @@ def _outcome(cfg: LifecycleConfig, candidates: list[dict[str, Any]]) -> tuple[st
     best = choose(scored, cfg.compress_policy)
     if best is not None:
         return best, f"{best} is the {cfg.compress_policy} candidate that passed the gate"
+    if passed := [name for name, _, v in scored if v.passed]:
+        return None, (f"{', '.join(passed)} passed the gate, but none is measurably faster "
+                      "than the uncompressed model (each speed-up lies within the spread of "
+                      "its rounds), so the fastest policy keeps the uncompressed model")
     why = "; ".join(f"{c['method']}: " + (c["error"] if "error" in c else
                                          ", ".join(r for r in c["verdict"]["reasons"]
                                                    if r.startswith("FAIL")))
@@ -116,7 +124,8 @@ def _outcome(cfg: LifecycleConfig, candidates: list[dict[str, Any]]) -> tuple[st
 
 def _candidate(ctx: StageContext, wb: Workbench, method: str, root: Path,
                pairs: list[tuple[str, str]], baseline: Measurement, lineage: dict[str, str],
-               name: str, base_version: str) -> dict[str, Any]:
+               name: str, base_version: str, base_model: Callable[[], TextModel],
+               ) -> dict[str, Any]:
     """Build, measure, gate and register one method. A method that crashes is recorded as
     failed (the others still count); one refused for bad input fails the task."""
     try:
@@ -127,7 +136,8 @@ def _candidate(ctx: StageContext, wb: Workbench, method: str, root: Path,
         log.error("%s failed:\n%s", method, traceback.format_exc())
         return {"method": method, "error": f"{type(exc).__name__}: {exc}"[:500]}
     m = Measurement(**_cached(root / f"{method}.measurement.json", lambda: measure(
-        model_dir, pairs, ctx.config.latency_batch, ctx.config.block_size).to_dict()))
+        model_dir, pairs, ctx.config.latency_batch, ctx.config.block_size,
+        baseline=base_model()).to_dict()))
     verdict = passes_compression_gate(baseline, m, budget_of(ctx.config))
     version_ = register(ctx, name, str(model_dir), f"compressed:{method}",
                         _tags(method, base_version, m, verdict, report, lineage),
@@ -171,8 +181,10 @@ def _compress(ctx: StageContext, run_: StageRun, name: str, base_version: str,
                    **_teacher(ctx, client, name))
     baseline = Measurement(**_cached(root / "baseline.measurement.json", lambda: measure(
         base_dir, pairs, cfg.latency_batch, cfg.block_size).to_dict()))
+    # Loaded once, and only if a candidate still needs timing against it.
+    base_model = functools.cache(lambda: load(base_dir))
     candidates = [_candidate(ctx, wb, method, root, pairs, baseline, lineage, name,
-                             base_version)
+                             base_version, base_model)
                   for method in cfg.compress_methods]
     best, reason = _outcome(cfg, candidates)
     chosen = next((c for c in candidates if c["method"] == best), None)

@@ -75,21 +75,23 @@ def run_suite(frame: pd.DataFrame, cfg: LifecycleConfig) -> dict[str, Any]:
     return result.to_json_dict()
 
 
-def _describe(r: dict[str, Any]) -> tuple[str, str, str]:
+def describe(r: dict[str, Any]) -> tuple[str, str, str]:
+    """(expectation, its arguments, what was found) of one expectation result."""
     cfg = r["expectation_config"]
     kwargs = {k: v for k, v in cfg["kwargs"].items() if k not in ("batch_id", "regex_list")}
     res = r.get("result") or {}
     detail = ""
     if "unexpected_count" in res:
         sample = res.get("partial_unexpected_list") or []
-        detail = f"{res['unexpected_count']} unexpected; e.g. {sample[:3]}"
+        detail = (f"{res['unexpected_count']} unexpected; e.g. {sample[:3]}"
+                  if res["unexpected_count"] else "none unexpected")
     elif "observed_value" in res:
         detail = f"observed {res['observed_value']}"
     return cfg["type"], str(kwargs), detail
 
 
 def failed_expectations(result: dict[str, Any]) -> list[str]:
-    return [" ".join(_describe(r)) for r in result["results"] if not r["success"]]
+    return [" ".join(describe(r)) for r in result["results"] if not r["success"]]
 
 
 def render_report(result: dict[str, Any], pii: dict[str, int], rows: int) -> str:
@@ -101,7 +103,7 @@ def render_report(result: dict[str, Any], pii: dict[str, int], rows: int) -> str
         "| ok | expectation | arguments | detail |", "| --- | --- | --- | --- |",
     ]
     for r in result["results"]:
-        kind, kwargs, detail = _describe(r)
+        kind, kwargs, detail = describe(r)
         cells = [("yes" if r["success"] else "**NO**"), kind, kwargs, detail]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-from tasks.registry.register import CHAMPION
+from tasks.registry.register import CHAMPION, add_decision
 from tasks.stage import StageContext
 from tasks.tracking import stage_run
 
@@ -59,6 +59,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         # canary stage) land before the alias moves: whoever finds the alias finds them.
         client.set_model_version_tag(name, version_, "aigc.decision", verdict)
         client.set_model_version_tag(name, version_, "aigc.decision_reason", reason[:4900])
+        add_decision(client, name, version_, f"{verdict} — {reason}")
         if promote:
             client.set_registered_model_alias(name, CHAMPION, version_)
             client.set_model_version_tag(name, version_, "aigc.promoted_at",

@@ -7,7 +7,7 @@ from importlib.metadata import version
 from typing import Any
 
 from tasks.stage import StageContext
-from tasks.tracking import TAG_DAG_ID, TAG_RUN_ID, stage_run
+from tasks.tracking import TAG_DAG_ID, TAG_RUN_ID, airflow_link, stage_run
 
 log = logging.getLogger(__name__)
 CHALLENGER = "challenger"
@@ -68,7 +68,38 @@ def register(ctx: StageContext, name: str, model_dir: str, role: str, tags: dict
     all_tags = {TAG_DAG_ID: ctx.dag_id, TAG_RUN_ID: ctx.run_id, "aigc.role": role} | tags
     for key, value in all_tags.items():
         client.set_model_version_tag(name, str(mv), key, str(value))
+    describe(client, ctx, name, str(mv), role, tags)
     return str(mv)
+
+
+MODEL_DESCRIPTION = (
+    "Generative dialog model built and rolled out by the `aigc_lifecycle` Airflow DAG. "
+    "Alias `champion` is what serves; `challenger` is the version under evaluation or in "
+    "its canary. Each version's description says which run made it, from what, and what "
+    "was decided about it; its tags hold the figures.")
+
+
+def describe(client, ctx: StageContext, name: str, version: str, role: str,
+             tags: dict[str, Any]) -> None:
+    """Descriptions a person reads in the registry: the model's (once) and the version's."""
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=MODEL_DESCRIPTION)
+    made_by = airflow_link(ctx, ctx.stage)
+    source = tags.get("aigc.base_model")
+    what = (f"Compressed with `{role.split(':', 1)[1]}` from version "
+            f"{tags.get('aigc.compress.base_version')}" if role.startswith("compressed:")
+            else "Registered" if source is None
+            else "Trained from scratch" if source == "scratch"
+            else f"Fine-tuned from {source}")
+    client.update_model_version(name, version, description=(
+        f"{what} (role `{role}`); made by Airflow DAG run {made_by} of `{ctx.dag_id}`."))
+
+
+def add_decision(client, name: str, version: str, decision: str) -> None:
+    """Append the promotion decision to a version's description."""
+    current = client.get_model_version(name, version).description or ""
+    client.update_model_version(name, version,
+                                description=f"{current}\n\nDecision: {decision}"[:4900])
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from tasks.config import LifecycleConfig
 from tasks.errors import ConfigError
 from tasks.lm.likelihood import block_loss, labelled, lm_loss
 from tasks.lm.lora import apply_lora, is_lora, merged, trainable_parameters
-from tasks.stage import atomic_path
+from tasks.stage import atomic_path, write_json
 from tasks.train.checkpoint import (
     checkpoints,
     load_checkpoint,
@@ -31,6 +31,7 @@ from tasks.train.dist import Backend
 
 log = logging.getLogger(__name__)
 LOG_EVERY = 10
+PROGRESS_FILE = "progress.json"
 
 
 def build_model(cfg: LifecycleConfig, tokenizer, base_dir: str | None) -> torch.nn.Module:
@@ -195,6 +196,8 @@ def train(cfg: LifecycleConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, to
         if done % LOG_EVERY == 0 or done == cfg.max_steps:
             loss_value = backend.mean(loss.item())
             bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+            if backend.is_root:
+                _report_progress(out, cfg, done, start, loss_value, step_seconds)
             if run_ is not None:
                 run_.log_metrics({"train_loss": loss_value, "lr": scheduler.get_last_lr()[0]},
                                  step=done)
@@ -234,6 +237,16 @@ def train(cfg: LifecycleConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, to
         result |= _finish(cfg, plain, tokenizer, out, val, train_blocks, meta, loss_value,
                           start, backend, run_)
     return result
+
+
+def _report_progress(out: Path, cfg: LifecycleConfig, done: int, start: int, loss: float,
+                     step_seconds: list[float]) -> None:
+    """The step, loss and speed so far, for whoever follows the run (`make run`)."""
+    recent = statistics.median(step_seconds[-LOG_EVERY:])
+    write_json(out / PROGRESS_FILE, {
+        "step": done, "max_steps": cfg.max_steps, "loss": loss, "resumed_from": start,
+        "tokens_per_second": cfg.batch_size * cfg.block_size / recent,
+        "seconds_left": recent * (cfg.max_steps - done)})
 
 
 def peak_rss_bytes() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,13 @@ def run_worker(ctx: StageContext, backend: Backend) -> dict[str, Any]:
             run_.log_params({k: v for k, v in cfg.to_dict().items() if k in LOGGED_PARAMS})
             result = train(cfg, train_df, val_df, tokenizer, ctx.stage_dir, run_, backend,
                            base_dir)
-            run_.log_metrics({k: result[k] for k in ("val_loss", "val_perplexity",
-                                                       "untrained_val_perplexity",
+            # The held-out curve runs from the untrained model (step 0) to the trained one
+            # (the last step), beside the evaluations logged while training.
+            run_.log_metrics({"val_loss": math.log(result["untrained_val_perplexity"])},
+                             step=0)
+            run_.log_metrics({k: result[k] for k in ("val_loss", "val_perplexity")},
+                             step=result["steps"], parent=True)
+            run_.log_metrics({k: result[k] for k in ("untrained_val_perplexity",
                                                        "trainable_parameters")}, parent=True)
     else:
         result = train(cfg, train_df, val_df, tokenizer, ctx.stage_dir, None, backend,

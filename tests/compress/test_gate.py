@@ -15,10 +15,11 @@ BASE = Measurement(perplexity=10.0, char_perplexity=2.0, size_bytes=1000, latenc
 BUDGET = CompressionBudget(max_quality_loss=0.01, min_speedup=1.5, max_size_ratio=0.5)
 
 
-def _gate(**change) -> GateVerdict:
+def _gate(budget: CompressionBudget = BUDGET, **change) -> GateVerdict:
     fields = {"perplexity": 10.05, "char_perplexity": 2.0, "size_bytes": 400,
-              "latency_ms": 10.0, "tokenizer": "vocab-a"} | change
-    return passes_compression_gate(BASE, Measurement(**fields), BUDGET)
+              "latency_ms": 10.0, "tokenizer": "vocab-a",
+              "speedup_rounds": (1.95, 2.0, 2.05)} | change
+    return passes_compression_gate(BASE, Measurement(**fields), budget)
 
 
 def test_a_candidate_within_every_threshold_passes():
@@ -32,7 +33,7 @@ def test_a_candidate_within_every_threshold_passes():
 
 @pytest.mark.parametrize(("field", "inside", "outside", "label"), [
     ("perplexity", 10.099, 10.101, "quality loss"),
-    ("latency_ms", 13.33, 13.34, "speed-up"),
+    ("speedup_rounds", (1.49, 1.501, 1.51), (1.49, 1.499, 1.51), "speed-up"),
     ("size_bytes", 500, 501, "size ratio"),
 ])
 def test_each_threshold_decides_on_its_edge(field, inside, outside, label):
@@ -55,10 +56,26 @@ def test_another_vocabulary_is_judged_per_character():
     assert not _gate(tokenizer="vocab-b", perplexity=10.0, char_perplexity=2.021).passed
 
 
-def _candidate(name, size, latency, ppl=10.0, passed=True):
+def test_a_speed_up_inside_the_rounds_spread_is_inconclusive():
+    # Median 1.6x, but the rounds range over 2.0: they disagree even on the direction.
+    noisy = (0.5, 1.6, 2.5)
+    verdict = _gate(speedup_rounds=noisy)
+    assert not verdict.passed and not verdict.speed_conclusive
+    assert verdict.reasons[0] == ("FAIL speed-up 1.60x ±1.00, inconclusive: the rounds' "
+                                  "spread exceeds the effect vs min 1.50x")
+    # "No slower" fails only on a measured slow-down: noise is not one.
+    no_slower = CompressionBudget(max_quality_loss=0.01, min_speedup=1.0, max_size_ratio=0.5)
+    assert _gate(no_slower, speedup_rounds=noisy).passed
+    assert _gate(no_slower, speedup_rounds=(0.97, 0.96, 0.95)).passed is False
+    assert _gate(no_slower, speedup_rounds=(0.9, 1.1, 0.95)).passed
+
+
+def _candidate(name, size, latency, ppl=10.0, passed=True, spread=0.0):
     m = Measurement(perplexity=ppl, char_perplexity=ppl / 5, size_bytes=size,
                     latency_ms=latency, tokenizer="vocab-a")
-    return name, m, GateVerdict(passed, 0, 0, 0, ())
+    speedup = 20.0 / latency
+    return name, m, GateVerdict(passed, 0, speedup, 0, (), speed_spread=spread,
+                                speed_conclusive=abs(speedup - 1) > spread)
 
 
 def test_policy_picks_the_smallest_or_the_fastest_passing_candidate():
@@ -72,6 +89,15 @@ def test_ties_break_on_the_other_criterion_then_quality():
     cands = [_candidate("a", 100, 9, ppl=11), _candidate("b", 100, 8, ppl=12),
              _candidate("c", 100, 8, ppl=10)]
     assert choose(cands, "smallest") == "c"
+
+
+def test_a_noisy_speed_up_is_never_the_reason_to_choose_a_candidate():
+    cands = [_candidate("noisy-fast", 300, 5, spread=4.0), _candidate("slightly", 200, 18)]
+    assert choose(cands, "fastest") == "slightly"  # 1.11x, measured
+    assert choose(cands[:1], "fastest") is None
+    # It may still win on size.
+    assert choose([_candidate("noisy-small", 50, 19, spread=1.0), *cands], "smallest") == (
+        "noisy-small")
 
 
 def test_no_passing_candidate_chooses_none_and_unknown_policy_is_refused():

@@ -128,7 +128,7 @@ def test_parse_is_fast_and_touches_no_variable_connection_or_database(dag_file: 
 
 
 @pytest.mark.parametrize(("defaults", "expected"), [
-    ('{"max_steps": 7, "launcher": "single"}', {"max_steps": 7, "launcher": "single"}),
+    ('{"max_steps": 70, "launcher": "single"}', {"max_steps": 70, "launcher": "single"}),
     ('{"max_stepz": 7}', "max_stepz: unknown config field"),
 ])
 def test_deployment_defaults_set_the_params_of_unconfigured_runs(defaults, expected, tmp_path):

@@ -35,5 +35,13 @@ def dag_test(env: dict[str, str], conf: dict) -> subprocess.CompletedProcess[str
     return airflow(env, "dags", "test", "aigc_lifecycle", "-c", json.dumps(conf), check=False)
 
 
+def make_run(env: dict[str, str], conf: dict) -> subprocess.CompletedProcess[str]:
+    """What `make run` does: the run through Airflow's executor, its progress on stdout."""
+    log = Path(env["AIGC_HOME"]) / "last-run.log"
+    return subprocess.run([sys.executable, "-m", "tasks.progress", "--conf", json.dumps(conf),
+                           "--log", str(log)], env=env, capture_output=True, text=True,
+                          timeout=1200, check=False)
+
+
 def runs(env: dict[str, str]) -> list[dict]:
     return parse_runs(airflow(env, "dags", "list-runs", "aigc_lifecycle", "-o", "json").stdout)

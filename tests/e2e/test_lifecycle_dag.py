@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +11,9 @@ import mlflow
 import pytest
 
 from tasks.stage import safe_name
-from tests.conftest import TINY, write_dataset
-from tests.e2e.airflow_env import airflow_env, dag_test, migrate, runs
+from tests.conftest import TINY, embedded_pngs, write_dataset
+from tests.e2e.airflow_env import airflow_env, dag_test, make_run, migrate, runs
+from tests.e2e.conftest import free_port
 
 pytestmark = pytest.mark.e2e
 STAGES = ["base_model", "ingest", "validate", "preprocess", "train", "register", "compress",
@@ -28,7 +28,8 @@ COMPRESS_ON = {"compress_methods": ["torch_int8_dynamic", "modelopt_int8", "prun
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     home = tmp_path_factory.mktemp("e2e")
-    env = airflow_env(home)
+    # make_run starts an API server for the executor's workers on this port.
+    env = airflow_env(home, api_port=free_port())
     migrate(env)
     return env
 
@@ -57,8 +58,19 @@ def test_two_runs_second_compares_against_first_champion(env):
     """Run 1 trains the demo GPT-2 from scratch with Horovod and compresses; run 2
     fine-tunes a Llama checkpoint with FSDP, no compression, and must beat run 1's champion
     (the same registered model) offline and in the canary."""
-    first = dag_test(env, TINY | {"launcher": "horovod", "workers": 2} | COMPRESS_ON)
+    first = make_run(env, TINY | {"launcher": "horovod", "workers": 2} | COMPRESS_ON)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    # As `make run` shows it: each stage as it starts and ends, with its key figure.
+    assert "  ▶ train\n" in first.stdout, first.stdout
+    for stage in [*STAGES, "report"]:
+        assert f"  ✔ {stage} in " in first.stdout, first.stdout
+    assert " — dataset: 400 rows from demo://chatterbot" in first.stdout, first.stdout
+    # ...and each task's log where the Airflow UI reads it.
+    [run_logs] = (Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]) / "dag_id=aigc_lifecycle").glob(
+        "run_id=*")
+    for stage in STAGES:
+        log = run_logs / f"task_id={stage}" / "attempt=1.log"
+        assert f"[stage {stage}]" in log.read_text(), log
     summary = _summary(env)
     assert summary.returncode == 0, summary.stdout
     compressed = _compress_result(env, runs(env)[0])
@@ -96,15 +108,13 @@ def test_two_runs_second_compares_against_first_champion(env):
     assert canary["decision"] in ("promote", "rollback")
     assert (latest.tags["aigc.decision"] == "promoted") == (canary["decision"] == "promote")
     assert f"canary: {canary['decision']} version {latest.version}" in summary.stdout
-    # The run's report, opened: the charts it links exist and are real, non-empty images.
+    # The run's report, opened: its charts are embedded, real, non-empty images.
     newest = max(runs(env), key=lambda r: r["start_date"])
     report = json.loads((_run_dir(env, newest) / "report" / "result.json").read_text())
     page = Path(report["report_uri"])
-    charts = re.findall(r'<img src="([^"]+)"', page.read_text())
-    assert charts == ["data.png", "loss.png", "ab.png", "canary.png"]  # no compression
-    for chart in charts:
-        data = (page.parent / chart).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, chart
+    charts = embedded_pngs(page.read_text())
+    assert list(charts) == ["data", "loss", "ab", "canary"]  # no compression
+    assert all(len(png) > 5000 for png in charts.values())
     assert f"report: {page}" in summary.stdout
 
     # Lineage is one query: the parent run of each DAG run holds one nested run per stage.

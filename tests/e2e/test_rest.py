@@ -1,104 +1,40 @@
-"""REST API v2 against a real `airflow standalone` on a free port."""
+"""REST API v2 against a real Airflow (components started as `make up` starts them)."""
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
-import socket
-import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
 
 from tasks.stage import safe_name
-from tests.conftest import TINY
-from tests.e2e.airflow_env import BIN, airflow_env
+from tests.e2e.conftest import SCHEDULED, finished, wait_for
 
 pytestmark = pytest.mark.rest
-PASSWORD = "rest-test-password"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_every_started_service_listens_on_loopback_only(server):
+    """`make up` and these tests start the same components; none may open a port to the
+    network (Airflow's log servers would, under `airflow standalone`)."""
+    import psutil
 
-
-def _wait(predicate, timeout: float, what: str, interval: float = 2.0):
-    """Poll until predicate is truthy; a slow answer (a loaded CI machine) counts as 'not yet'."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (requests.ConnectionError, requests.Timeout):
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f}s")
-
-
-@dataclass(frozen=True)
-class Standalone:
-    base: str
-    env: dict[str, str]
-
-
-# What runs that nobody configured (Asset-triggered ones) use here: tiny and quick.
-SCHEDULED = TINY | {"launcher": "single", "compress_methods": []}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("rest")
-    port = _free_port()
-    env = airflow_env(home, api_port=port, AIGC_LIFECYCLE_SCHEDULE="none",
-                      AIGC_FEEDBACK_SCHEDULE="none",
-                      AIGC_LIFECYCLE_DEFAULTS=json.dumps(SCHEDULED))
-    airflow_home = env["AIRFLOW_HOME"]
-    os.makedirs(airflow_home, exist_ok=True)
-    with open(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"], "w") as fh:
-        json.dump({"admin": PASSWORD}, fh)
-    log = open(home / "standalone.log", "w")  # noqa: SIM115 - closed in teardown
-    proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            tail = (home / "standalone.log").read_text()[-3000:]
-            raise RuntimeError(f"standalone exited: {tail}")
-        return requests.get(f"{base}/api/v2/monitor/health", timeout=30).ok
-
-    try:
-        _wait(healthy, 240, "the API server")
-        yield Standalone(base, env)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def api(server):
-    token = requests.post(f"{server.base}/auth/token",
-                          json={"username": "admin", "password": PASSWORD}, timeout=30)
-    token.raise_for_status()
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-    dag_url = f"{server.base}/api/v2/dags/aigc_lifecycle"
-    _wait(lambda: session.get(dag_url, timeout=60).ok, 180, "the DAG to be parsed")
-    session.patch(dag_url, json={"is_paused": False}, timeout=60).raise_for_status()
-    return session, dag_url
+    listening: dict[str, set[tuple[str, int]]] = {}
+    for pid_file in (server.state / "pids").glob("*"):
+        leader = psutil.Process(int(pid_file.read_text()))
+        for proc in [leader, *leader.children(recursive=True)]:
+            listening.setdefault(pid_file.name, set()).update(
+                (c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN)
+    assert set(listening) == {"airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
+                              "airflow-triggerer", "mlflow-ui"}
+    ports = {port for addresses in listening.values() for _, port in addresses}
+    assert {int(server.base.rsplit(":", 1)[1]), int(server.mlflow.rsplit(":", 1)[1])} <= ports
+    assert {ip for addresses in listening.values() for ip, _ in addresses} == {"127.0.0.1"}, \
+        listening
 
 
 def test_malformed_conf_is_rejected_naming_the_field(api):
@@ -112,19 +48,10 @@ def test_malformed_conf_is_rejected_naming_the_field(api):
     assert session.get(f"{dag_url}/dagRuns", timeout=60).json()["total_entries"] == 0
 
 
-def test_trigger_with_conf_runs_to_success(api):
-    session, dag_url = api
-    # Compression is exercised by the lifecycle e2e; here it would only cost time.
-    resp = session.post(f"{dag_url}/dagRuns", timeout=30, json={
-        "logical_date": None, "conf": TINY | {"compress_methods": []}})
-    assert resp.status_code == 200, resp.text
-    run_url = f"{dag_url}/dagRuns/{resp.json()['dag_run_id']}"
-
-    def finished():
-        state = session.get(run_url, timeout=60).json()["state"]
-        return state if state in ("success", "failed") else None
-
-    assert _wait(finished, 900, "the triggered run", interval=5) == "success"
+def test_trigger_with_conf_runs_to_success(server, api, triggered):
+    session, _ = api
+    assert triggered.state == "success"
+    run_url = triggered.url
     tis = session.get(f"{run_url}/taskInstances", timeout=60).json()["task_instances"]
     assert {t["task_id"]: t["state"] for t in tis} == {
         s: "success" for s in ("base_model", "ingest", "validate", "preprocess", "train",
@@ -133,15 +60,21 @@ def test_trigger_with_conf_runs_to_success(api):
         "run_failed": "skipped"}
     # The report task's extra link, as the UI shows it, opens the report in MLflow.
     links = session.get(f"{run_url}/taskInstances/report/links", timeout=60).json()
-    assert links["extra_links"]["Run report"].endswith("/artifacts/report/report.html"), links
+    assert "/artifacts/report/report.html?" in links["extra_links"]["Run report"], links
+    # Each stage task links to its own MLflow run, which links back to this DAG run.
+    train = session.get(f"{run_url}/taskInstances/train/links", timeout=60).json()
+    mlflow_page = train["extra_links"]["MLflow run"]
+    assert mlflow_page.startswith(f"{server.mlflow}/#/experiments/"), train
+    import mlflow
+
+    client = mlflow.MlflowClient(server.env["MLFLOW_TRACKING_URI"])
+    stage_run = client.get_run(mlflow_page.split("?")[0].rsplit("/", 1)[1])
+    assert stage_run.data.tags["aigc.stage"] == "train"
+    assert stage_run.data.tags["aigc.airflow_url"].endswith(
+        f"/dags/aigc_lifecycle/runs/{quote(triggered.run_id, safe='')}/tasks/train")
 
 
 FEEDBACK_ROWS = 6
-
-
-def _finished(session, run_url: str):
-    state = session.get(run_url, timeout=60).json()["state"]
-    return state if state in ("success", "failed") else None
 
 
 def _asset_runs(session, dag_url: str) -> list[dict]:
@@ -176,7 +109,7 @@ def test_feedback_triggers_one_retrain_on_exactly_the_new_rows(server, api):
     session, dag_url = api
     liked = _serve_and_rate(server.env)
     fb_url = f"{server.base}/api/v2/dags/aigc_feedback"
-    _wait(lambda: session.get(fb_url, timeout=60).ok, 180, "aigc_feedback to be parsed")
+    wait_for(lambda: session.get(fb_url, timeout=60).ok, 180, "aigc_feedback to be parsed")
     session.patch(fb_url, json={"is_paused": False}, timeout=60).raise_for_status()
     conf = {"min_new_feedback": FEEDBACK_ROWS}
 
@@ -185,16 +118,16 @@ def test_feedback_triggers_one_retrain_on_exactly_the_new_rows(server, api):
                             timeout=30)
         assert resp.status_code == 200, resp.text
         run_url = f"{fb_url}/dagRuns/{resp.json()['dag_run_id']}"
-        assert _wait(lambda: _finished(session, run_url), 300, "aigc_feedback") == "success"
+        assert wait_for(lambda: finished(session, run_url), 300, "aigc_feedback") == "success"
         tis = session.get(f"{run_url}/taskInstances", timeout=60).json()["task_instances"]
         return {t["task_id"]: t["state"] for t in tis}
 
     assert trigger_feedback() == {"analyze": "success", "retrain_needed": "success",
                                   "export": "success"}
-    runs = _wait(lambda: _asset_runs(session, dag_url), 120, "the Asset-triggered run")
+    runs = wait_for(lambda: _asset_runs(session, dag_url), 120, "the Asset-triggered run")
     assert len(runs) == 1
     run_url = f"{dag_url}/dagRuns/{runs[0]['dag_run_id']}"
-    assert _wait(lambda: _finished(session, run_url), 900, "the retrain", interval=5) == \
+    assert wait_for(lambda: finished(session, run_url), 900, "the retrain", interval=5) == \
         "success"
     run_dir = (Path(server.env["AIGC_HOME"]) / "artifacts" / "aigc_lifecycle"
                / safe_name(runs[0]["dag_run_id"]))

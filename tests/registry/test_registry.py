@@ -76,3 +76,27 @@ def test_promote_moves_champion_only_when_decided(home, tiny, model_dir):
     tags = client.get_model_version(tiny.model_name, v2).tags
     assert tags["aigc.decision"] == "rejected"
     assert "FAIL x" in tags["aigc.decision_reason"]
+
+
+def test_the_registry_and_runs_describe_themselves_and_link_back_to_airflow(
+        home, tiny, model_dir, monkeypatch):
+    from tasks.registry.register import MODEL_DESCRIPTION
+
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://airflow.example:8080")
+    version = _register(tiny, model_dir)["version"]
+    _promote(tiny, version, True)
+    client = mlflow.MlflowClient()
+    assert client.get_registered_model(tiny.model_name).description == MODEL_DESCRIPTION
+    page = "http://airflow.example:8080/dags/aigc_lifecycle/runs/run-1"
+    described = client.get_model_version(tiny.model_name, version).description
+    assert described.startswith(f"Trained from scratch (role `trained`); made by Airflow DAG "
+                                f"run [`run-1`]({page}/tasks/register) of `aigc_lifecycle`.")
+    assert described.endswith("Decision: promoted — FAIL x; ok y; canary: no canary stage")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string="tags.`aigc.dag_run_id` = 'run-1'")
+    urls = {r.data.tags["aigc.stage"]: r.data.tags["aigc.airflow_url"] for r in runs}
+    assert urls == {"parent": page, "register": f"{page}/tasks/register",
+                    "promote": f"{page}/tasks/promote"}
+    notes = {r.data.tags["aigc.stage"]: r.data.tags["mlflow.note.content"] for r in runs}
+    assert notes["promote"] == (f"Stage `promote` of Airflow DAG run [`run-1`]"
+                                f"({page}/tasks/promote) of `aigc_lifecycle`.")
