@@ -38,6 +38,7 @@ from tasks.stage import RESULT_FILE, StageContext, write_json
 from tasks.train.worker import rank_file
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+from compression import demo_settings  # noqa: E402
 from report import update_section  # noqa: E402
 
 DEMO_ROWS = [  # (name, launcher, workers, OMP threads of the stage process)
@@ -50,12 +51,6 @@ DEMO_ROWS = [  # (name, launcher, workers, OMP threads of the stage process)
 REAL = {"gpt2-small": ("gpt2", ("single", "ddp", "horovod", "fsdp")),
         "llama-small": ("llama", ("single", "fsdp"))}
 REAL_CONF = {"precision": "bf16", "block_size": 128, "batch_size": 8, "lora_r": 8}
-
-
-def settings_of(root: Path) -> Settings:
-    return Settings(artifact_root=root, allowed_roots=(str(root),),
-                    tracking_uri=f"sqlite:///{root}/mlflow.db",
-                    mlflow_artifact_root=str(root / "mlartifacts"), experiment="bench")
 
 
 def prepare(settings: Settings, data: Path, cfg: LifecycleConfig, run_id: str) -> dict:
@@ -137,7 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        settings = settings_of(root)
+        settings = demo_settings(root)
         data = root / "dialogs.parquet"
         load_demo(["english", "chinese"]).to_parquet(data)
         rows = demo_rows(settings, data, args.steps) + real_rows(root, settings, data,

@@ -30,6 +30,10 @@ STAGES: dict[str, str] = {
     "report": "tasks.report:run",
 }
 
+# Stages whose work is numeric (tokenizer training, torch, onnxruntime, a model server): only
+# they size their thread pools, which samples the machine's load for a fraction of a second.
+MATH_STAGES = frozenset({"preprocess", "train", "compress", "evaluate", "canary"})
+
 log = logging.getLogger("tasks")
 
 
@@ -63,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("tasks").setLevel(logging.INFO)
-    log.info("%s: %d math thread(s) on the free cores", args.stage, size_thread_pools())
+    if args.stage in MATH_STAGES:
+        log.info("%s: %d math thread(s) on the free cores", args.stage, size_thread_pools())
     try:
         payload = _read_payload(args.config)
         payload["stage"] = args.stage

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from tasks.stage import StageContext, atomic_path
-from tasks.summary import STAGES, base_line, stage_results
+from tasks.summary import STAGES, base_line, speed_of, stage_results
 from tasks.tracking import TAG_RUN_ID, TAG_STAGE, run_url, stage_run
 
 log = logging.getLogger(__name__)
@@ -203,11 +203,10 @@ def _compression_rows(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for c in candidates:
         v = c["verdict"]
-        speed = f"{v['speedup']:.2f}x ±{v['speed_spread'] / 2:.2f}"
         rows.append({"method": c["method"], "version": c.get("version"),
                      "gate": "pass" if v["passed"] else "fail",
                      "size": f"{v['size_ratio']:.3f}x",
-                     "speed-up": speed if v["speed_conclusive"] else f"{speed} (inconclusive)",
+                     "speed-up": str(speed_of(v)),
                      "quality": f"{v['quality_loss']:+.2%}"})
     return rows
 

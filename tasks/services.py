@@ -30,8 +30,8 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
-def bind_host() -> str:
-    return os.environ.get("AIGC_BIND_HOST", "127.0.0.1")
+def bind_host(env: Mapping[str, str] = os.environ) -> str:
+    return env.get("AIGC_BIND_HOST", "127.0.0.1")
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def mlflow_service(host: str, port: int, env: Mapping[str, str]) -> Service:
 def start_uis(state: Path, env: dict[str, str], api_port: int, mlflow_port: int) -> None:
     """Airflow (all components) and the MLflow UI, bound to AIGC_BIND_HOST, once healthy.
     `make up` and the browser tests start the same stack through here."""
-    host = env.get("AIGC_BIND_HOST", "127.0.0.1")
+    host = bind_host(env)
     Path(env["AIGC_MLFLOW_ARTIFACT_ROOT"]).mkdir(parents=True, exist_ok=True)
     services = [*airflow_services(host, api_port), mlflow_service(host, mlflow_port, env)]
     for service in services:

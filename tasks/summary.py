@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tasks.compress.gate import Speed
 from tasks.settings import Settings
 from tasks.stage import RESULT_FILE, safe_name
 
@@ -43,9 +44,13 @@ def _candidate_line(c: dict[str, Any]) -> str:
         return f"  {c['method']}: error {c['error']}"
     v, m = c["verdict"], c["measurement"]
     return (f"  {c['method']}: version {c['version']} {'pass' if v['passed'] else 'fail'}, "
-            f"size {v['size_ratio']:.3f}x ({m['size_bytes']:,} B), speed-up {v['speedup']:.2f}x "
-            f"±{v['speed_spread'] / 2:.2f}{'' if v['speed_conclusive'] else ' (inconclusive)'}, "
+            f"size {v['size_ratio']:.3f}x ({m['size_bytes']:,} B), speed-up {speed_of(v)}, "
             f"quality {v['quality_loss']:+.2%}")
+
+
+def speed_of(verdict: dict[str, Any]) -> Speed:
+    """A gate verdict's speed-up as written in a result file."""
+    return Speed(verdict["speedup"], verdict["speed_spread"])
 
 
 def base_line(base: dict[str, Any]) -> str:

@@ -52,8 +52,8 @@ def stage_run_url(dag_id: str, run_id: str, stage: str) -> str | None:
     import mlflow
 
     settings = Settings.from_env()
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    client = mlflow.MlflowClient()
+    # Called inside Airflow's API server: a client of its own, no process-wide MLflow state.
+    client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
     experiment = client.get_experiment_by_name(settings.experiment)
     if experiment is None:
         return None

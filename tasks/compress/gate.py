@@ -42,8 +42,8 @@ class Speed:
     """A speed-up measured over paired rounds: its median, and whether the rounds agree.
 
     The effect is how far the median is from no change (1.0x); the spread is the range of
-    the rounds. Where the spread exceeds the effect, the rounds do not even agree on the
-    direction, so no speed-up (or slow-down) is called: the result is inconclusive."""
+    the rounds. Where the spread exceeds the effect, the machine's noise is as large as what
+    was measured, so no speed-up (or slow-down) is called: the result is inconclusive."""
 
     speedup: float
     spread: float
@@ -63,6 +63,10 @@ class Speed:
         """Measurably faster than the baseline."""
         return self.conclusive and self.speedup > 1
 
+    def __str__(self) -> str:
+        return (f"{self.speedup:.2f}x ±{self.spread / 2:.2f}"
+                + ("" if self.conclusive else " (inconclusive)"))
+
 
 @dataclass(frozen=True)
 class GateVerdict:
@@ -72,18 +76,24 @@ class GateVerdict:
     size_ratio: float
     reasons: tuple[str, ...]
     speed_spread: float = 0.0
-    speed_conclusive: bool = True
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"reasons": list(self.reasons)}
+        # speed_conclusive is derived, written for whoever reads the result file.
+        return asdict(self) | {"reasons": list(self.reasons),
+                               "speed_conclusive": self.speed_conclusive}
 
     @classmethod
     def from_dict(cls, data: dict) -> GateVerdict:
-        return cls(**data | {"reasons": tuple(data["reasons"])})
+        fields = {k: v for k, v in data.items() if k != "speed_conclusive"}
+        return cls(**fields | {"reasons": tuple(data["reasons"])})
 
     @property
     def speed(self) -> Speed:
         return Speed(self.speedup, self.speed_spread)
+
+    @property
+    def speed_conclusive(self) -> bool:
+        return self.speed.conclusive
 
 
 def _speed_check(speed: Speed, min_speedup: float) -> tuple[bool, str]:
@@ -120,7 +130,7 @@ def passes_compression_gate(baseline: Measurement, candidate: Measurement,
     passed = [f"ok {text}" for ok, text in checks if ok]
     return GateVerdict(passed=not failed, quality_loss=loss, speedup=speed.speedup,
                        size_ratio=ratio, reasons=tuple(failed + passed),
-                       speed_spread=speed.spread, speed_conclusive=speed.conclusive)
+                       speed_spread=speed.spread)
 
 
 POLICIES = ("smallest", "fastest")

@@ -413,12 +413,9 @@ def prune_structured(wb: Workbench, out: Path) -> Report:
 
 def _block_weights(model: torch.nn.Module) -> int:
     """Weights of the linear projections inside the transformer blocks (not the head)."""
-    from transformers.pytorch_utils import Conv1D
+    from tasks.lm.lora import block_linears
 
-    head = model.get_output_embeddings()
-    return sum(m.weight.numel() for name, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear | Conv1D) and m is not head
-               and any(part.isdigit() for part in name.split(".")))
+    return sum(m.weight.numel() for _, m in block_linears(model))
 
 
 def student_config(teacher: Any, n_layer: int, n_embd: int) -> Any:

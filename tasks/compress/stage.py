@@ -28,13 +28,11 @@ from tasks.errors import BadInput
 from tasks.lm.artifact import MANIFEST, manifest
 from tasks.lm.model import TextModel, load
 from tasks.registry.model import model_dir_of
-from tasks.registry.register import CHALLENGER, champion_version, register
+from tasks.registry.register import CHALLENGER, champion_version, lineage_of, register
 from tasks.stage import StageContext, atomic_path, write_json
 from tasks.tracking import StageRun, stage_run
 
 log = logging.getLogger(__name__)
-# Tags every candidate inherits from the version it was built from.
-LINEAGE_TAGS = ("aigc.dataset_hash", "aigc.architecture", "aigc.finetune_method")
 # Packages a registered artifact needs at load time, beyond torch and transformers.
 FORMAT_REQUIREMENTS = {"onnx": ("onnxruntime",), "pt2": (), "hf": (), "torch": ()}
 
@@ -175,8 +173,7 @@ def _compress(ctx: StageContext, run_: StageRun, name: str, base_version: str,
     root = ctx.stage_dir / "candidates"
     client = mlflow.MlflowClient()
     base_dir = model_dir_of(base_uri)
-    lineage = {k: v for k, v in client.get_model_version(name, base_version).tags.items()
-               if k in LINEAGE_TAGS or k.startswith("aigc.base_model")}
+    lineage = lineage_of(client.get_model_version(name, base_version).tags)
     wb = Workbench(cfg, base_dir, pd.read_parquet(splits["train"]),
                    **_teacher(ctx, client, name))
     baseline = Measurement(**_cached(root / "baseline.measurement.json", lambda: measure(

@@ -111,7 +111,7 @@ def write_manifest(model_dir: Path, fmt: str, n_positions: int, **extra: Any) ->
         json.dumps({"format": fmt, "n_positions": n_positions, **extra}, indent=2))
 
 
-def load_lm(model_dir: str | Path, threads: int | None = None) -> tuple[CausalLM, Any]:
+def load_lm(model_dir: str | Path) -> tuple[CausalLM, Any]:
     """The model and tokenizer of a model folder, whatever its format."""
     from transformers import AutoTokenizer
 
@@ -138,10 +138,7 @@ def load_lm(model_dir: str | Path, threads: int | None = None) -> tuple[CausalLM
     if fmt == "onnx":
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(model_dir / "model.onnx"), opts,
+        session = ort.InferenceSession(str(model_dir / "model.onnx"),
                                        providers=["CPUExecutionProvider"])
         return OnnxLM(session, info["n_positions"]), tokenizer
     raise ValueError(f"{model_dir / MANIFEST}: unknown format {fmt!r} (known: {FORMATS})")

@@ -3,7 +3,7 @@ the merge that turns an adapted model back into a plain transformers model."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -17,19 +17,21 @@ def _is_projection(module: torch.nn.Module) -> bool:
     return isinstance(module, torch.nn.Linear | Conv1D)
 
 
-def block_projections(model: torch.nn.Module) -> list[str]:
-    """Names (last component) of the linear projections inside the repeated transformer
-    blocks: c_attn/c_proj/c_fc for GPT-2, q/k/v/o and gate/up/down projections for Llama
-    and Qwen2. The embeddings and the output head are never adapted."""
+def block_linears(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
+    """(name, module) of the linear projections inside the repeated transformer blocks (a
+    numbered block in the name), never the output head."""
     head = model.get_output_embeddings()
-    names: list[str] = []
     for name, module in model.named_modules():
-        parts = name.split(".")
-        inside_block = any(p.isdigit() for p in parts[:-1])
-        if inside_block and module is not head and _is_projection(module) \
-                and parts[-1] not in names:
-            names.append(parts[-1])
-    return names
+        inside_block = any(p.isdigit() for p in name.split(".")[:-1])
+        if inside_block and module is not head and _is_projection(module):
+            yield name, module
+
+
+def block_projections(model: torch.nn.Module) -> list[str]:
+    """Names (last component) of the block projections: c_attn/c_proj/c_fc for GPT-2,
+    q/k/v/o and gate/up/down projections for Llama and Qwen2. The embeddings and the output
+    head are never adapted."""
+    return list(dict.fromkeys(name.rsplit(".", 1)[-1] for name, _ in block_linears(model)))
 
 
 def resolve_targets(model: torch.nn.Module, requested: Sequence[str]) -> list[str]:

@@ -45,10 +45,10 @@ class TextModel:
         return likelihood(self.lm, self.tokenizer, pairs, batch_size, window)
 
 
-def load(model_dir: str | Path, threads: int | None = None) -> TextModel:
+def load(model_dir: str | Path) -> TextModel:
     """The model folder at model_dir, whatever its format. Every folder the lifecycle
     writes carries its chat template; a bare checkpoint gets the plain one, as training
     would have given it."""
-    lm, tokenizer = load_lm(model_dir, threads)
+    lm, tokenizer = load_lm(model_dir)
     prepare_tokenizer(tokenizer)
     return TextModel(lm, tokenizer, stop_ids(tokenizer))

@@ -19,11 +19,10 @@ def model_folder(local: Path) -> Path:
     return local / flavor["artifacts"][ARTIFACT_KEY]["path"]
 
 
-def model_dir_of(model_uri: str, dst: Path | None = None) -> Path:
-    """Download a registered model's artifacts (into dst, or a temporary folder) and return
-    its model folder (any format)."""
-    return model_folder(Path(mlflow.artifacts.download_artifacts(
-        model_uri, dst_path=str(dst) if dst is not None else None)))
+def model_dir_of(model_uri: str) -> Path:
+    """Download a registered model's artifacts into a temporary folder and return its model
+    folder (any format)."""
+    return model_folder(Path(mlflow.artifacts.download_artifacts(model_uri)))
 
 
 class GenerativeModel(mlflow.pyfunc.PythonModel):

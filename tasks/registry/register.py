@@ -102,6 +102,18 @@ def add_decision(client, name: str, version: str, decision: str) -> None:
                                 description=f"{current}\n\nDecision: {decision}"[:4900])
 
 
+# What a trained version records of where it came from; versions built from it (compressed
+# candidates) inherit the same tags.
+LINEAGE_TAGS = ("aigc.dataset_hash", "aigc.base_model", "aigc.architecture",
+                "aigc.finetune_method")
+
+
+def lineage_of(tags: dict[str, str]) -> dict[str, str]:
+    """The lineage tags among a version's tags (aigc.base_model.* names a registered base)."""
+    return {k: v for k, v in tags.items()
+            if k in LINEAGE_TAGS or k.startswith("aigc.base_model.")}
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     import mlflow
 
@@ -110,7 +122,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     base = ctx.input("base_model")
     name = base["model_name"]
     metrics = {k: trained[k] for k in ("val_loss", "val_perplexity", "train_loss")}
-    lineage = {"aigc.dataset_hash": ingest["dataset_hash"],
+    lineage = {"aigc.dataset_hash": ingest["dataset_hash"],  # the keys of LINEAGE_TAGS
                "aigc.base_model": base["source"] or "scratch",
                "aigc.architecture": base["architecture"],
                "aigc.finetune_method": trained.get("finetune_method", "full"),

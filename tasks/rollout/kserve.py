@@ -92,11 +92,17 @@ def _check_render_args(*, name: str, namespace: str, image: str, model_name: str
         raise BadInput(f"max_replicas: {max_replicas} must be >= 1 and >= min_replicas")
 
 
+POD_BIND_HOST = "0.0.0.0"  # inside a pod only; see _env
+
+
 def _env(*, model_name: str, version: str, tracking_uri: str,
          secret_name: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        # The server binds 127.0.0.1 by default; in a pod it must listen on all interfaces.
-        {"name": "AIGC_SERVER_HOST", "value": "0.0.0.0"},
+        # The server binds 127.0.0.1 unless told otherwise. In a pod it must listen on the
+        # pod's address for KServe's router and the kubelet's probes: the pod's own network
+        # namespace is the boundary, and every request still needs an API key (README,
+        # "Kubernetes").
+        {"name": "AIGC_SERVER_HOST", "value": POD_BIND_HOST},
         {"name": "AIGC_SERVER_PORT", "value": str(PORT)},
         {"name": "MLFLOW_TRACKING_URI", "value": tracking_uri},
         {"name": "AIGC_MODEL_NAME", "value": model_name},

@@ -21,14 +21,13 @@ from typing import Any
 
 from tasks.config import LifecycleConfig
 from tasks.errors import BadInput, ConfigError
-from tasks.lm.artifact import manifest
-from tasks.lm.lora import resolve_targets
-from tasks.lm.source import fetch_hub, fetch_s3, inspect_checkpoint, meta_model
 from tasks.lm.template import prepare_tokenizer
 from tasks.locations import resolve_location
 from tasks.stage import StageContext, atomic_path
 from tasks.tracking import stage_run
 
+# The model libraries (torch, transformers) are imported where a base model is fetched or
+# checked: the demo's from-scratch run, this stage's common case, needs none of them.
 log = logging.getLogger(__name__)
 SCRATCH_TYPE = "gpt2"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -61,6 +60,7 @@ def _from_registry(source: str, target: Path) -> tuple[Path, dict[str, str]]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from tasks.lm.artifact import manifest
     from tasks.registry.model import model_folder
 
     match = MODEL_URI.match(source)
@@ -97,6 +97,8 @@ def _from_registry(source: str, target: Path) -> tuple[Path, dict[str, str]]:
 
 def fetch(ctx: StageContext) -> tuple[Path, dict[str, str]]:
     """The base checkpoint as a local folder, and lineage tags naming where it came from."""
+    from tasks.lm.source import fetch_hub, fetch_s3
+
     source, roots = ctx.config.base_model, ctx.settings.allowed_roots
     kind = source_kind(source)
     target = ctx.stage_dir / "download"
@@ -114,6 +116,9 @@ def check(ctx: StageContext, folder: Path) -> dict[str, Any]:
     """Everything that would fail later, checked now: the checkpoint, its context against
     block_size, its tokenizer's chat template and LoRA's target modules."""
     from transformers import AutoTokenizer
+
+    from tasks.lm.lora import resolve_targets
+    from tasks.lm.source import inspect_checkpoint, meta_model
 
     cfg = ctx.config
     info = inspect_checkpoint(folder, cfg.base_model)

@@ -20,12 +20,20 @@ import torch
 WEIGHTS_FILE = "weights.pt"
 
 
-def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """What a checkpoint keeps of the model: every weight, or with frozen weights (LoRA)
+def frozen_names(model: torch.nn.Module) -> set[str]:
+    """Names of the weights training leaves alone (a LoRA run's base model)."""
+    return {n for n, p in model.named_parameters() if not p.requires_grad}
+
+
+def without_frozen(state: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """What a checkpoint keeps of a model state: every weight, or with frozen weights (LoRA)
     only the trainable ones; the frozen rest is rebuilt from the base model."""
-    state = model.state_dict()
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    frozen = frozen_names(model)
     return {k: v for k, v in state.items() if k not in frozen}
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return without_frozen(model.state_dict(), model)
 
 
 def local_bytes(tensors: Any) -> int:
@@ -99,7 +107,7 @@ class Backend:
         """Rank 0 loads; broadcast_state then gives every rank the same."""
         state = torch.load(folder / WEIGHTS_FILE, weights_only=False, map_location="cpu")
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
-        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        frozen = frozen_names(model)
         if unexpected or set(missing) - frozen:
             raise RuntimeError(f"checkpoint {folder} does not fit the model: missing "
                                f"{sorted(set(missing) - frozen)[:5]}, unexpected "
@@ -197,9 +205,7 @@ class FSDPBackend(DDPBackend):
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-        return {"model": {k: v for k, v in model_sd.items() if k not in frozen},
-                "optimizer": optim_sd}
+        return {"model": without_frozen(model_sd, model), "optimizer": optim_sd}
 
     def save_weights(self, folder, model, optimizer) -> None:
         import torch.distributed.checkpoint as dcp
