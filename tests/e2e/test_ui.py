@@ -77,6 +77,11 @@ def _log_in(browser, base: str) -> None:
     _until(browser, lambda b: "/auth/login" not in b.current_url, "signing in", "login")
 
 
+def _click(element) -> bool:
+    element.click()
+    return True
+
+
 def _body_text(browser) -> str:
     from selenium.webdriver.common.by import By
 
@@ -164,16 +169,19 @@ def test_the_run_report_renders_from_the_task_link_mlflow_and_disk(server, trigg
 
     _log_in(browser, server.base)
     browser.get(_task_page(server.base, triggered.run_id, "report"))
-    _until(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "a[title=Details]"),
-           "the task's Details tab", "report-task")[0].click()
-    link = _until(browser, lambda b: [a for a in b.find_elements(
-        By.CSS_SELECTOR, "a[href*='/artifacts/report/report.html']") if a.is_displayed()],
-        "the Run report link", "report-task")[0]
+    _until(browser, lambda b: _click(b.find_element(By.CSS_SELECTOR, "a[title=Details]")),
+           "the task's Details tab", "report-task")
+    # The tab re-renders while it loads: read and click the link by looking it up each time.
+    report_page = _until(browser, lambda b: next(
+        (a.get_attribute("href") for a in b.find_elements(
+            By.CSS_SELECTOR, "a[href*='/artifacts/report/report.html']") if a.is_displayed()),
+        None), "the Run report link", "report-task")
     browser.save_screenshot(str(SCREENSHOTS / "report-task.png"))
-    report_page = link.get_attribute("href")
     assert report_page.startswith(server.mlflow)
     home = browser.current_window_handle
-    link.click()  # opens MLflow's artifact viewer in a new tab
+    # Opens MLflow's artifact viewer in a new tab.
+    _until(browser, lambda b: _click(b.find_element(By.CSS_SELECTOR, f"a[href='{report_page}']")),
+           "clicking the Run report link", "report-task")
     _until(browser, lambda b: len(b.window_handles) == 2, "the report's tab", "report-task")
     browser.switch_to.window(next(h for h in browser.window_handles if h != home))
     # MLflow shows an HTML artifact inside a sandboxed frame.
@@ -202,9 +210,10 @@ def test_mlflow_opens_on_runs_and_a_stage_run_links_back_to_airflow(server, api,
     links = session.get(f"{triggered.url}/taskInstances/train/links", timeout=60).json()
     browser.get(links["extra_links"]["MLflow run"])
     back = _task_page("", triggered.run_id, "train")
-    anchors = _until(browser, lambda b: [a for a in b.find_elements(
+    hrefs = _until(browser, lambda b: [h for a in b.find_elements(
         By.CSS_SELECTOR, "a[href*='/dags/aigc_lifecycle/runs/']")
-        if a.get_attribute("href").endswith(back)], "the link back to Airflow", "mlflow-train")
+        if (h := a.get_attribute("href")).endswith(back)], "the link back to Airflow",
+        "mlflow-train")
     browser.save_screenshot(str(SCREENSHOTS / "mlflow-train.png"))
     assert "Evaluation runs" not in _body_text(browser)  # the training view, not GenAI's
-    assert requests.get(anchors[0].get_attribute("href"), timeout=30).status_code == 200
+    assert requests.get(hrefs[0], timeout=30).status_code == 200
