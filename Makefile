@@ -26,8 +26,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml scripts/build_horovod.sh
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt scripts/get_promtool.sh \
-    scripts/get_chromium.sh
+    scripts/get_chromium.sh scripts/build_kube_apiserver.sh
 	$(PY) -m pip install -q -r requirements-test.txt
+	# The tier-1 Kubernetes tests' kube-apiserver and etcd: built from Debian's source once
+	# per machine (~8-12 min on 2 cores; cached in ~/.cache/aigc-lifecycle/kube).
+	scripts/build_kube_apiserver.sh || echo "kube-apiserver unavailable: the tier-1 tests will say so"
 	# The browser tests' chromium + chromedriver: Debian's packages, where apt is allowed.
 	scripts/get_chromium.sh || echo "chromium unavailable: the browser tests will say so"
 	# promtool checks the alert rules: Debian's prometheus package, unpacked into .cache.

@@ -37,7 +37,7 @@ MATH_STAGES = frozenset({"preprocess", "train", "compress", "evaluate", "canary"
 log = logging.getLogger("tasks")
 
 
-def stage_function(stage: str) -> Callable[[StageContext], dict[str, Any]]:
+def stage_function(stage: str) -> Callable[[StageContext], dict[str, Any] | None]:
     try:
         module, func = STAGES[stage].split(":")
     except KeyError:
@@ -45,10 +45,12 @@ def stage_function(stage: str) -> Callable[[StageContext], dict[str, Any]]:
     return getattr(importlib.import_module(module), func)
 
 
-def run_stage(ctx: StageContext) -> dict[str, Any]:
-    """Run one stage and persist its result next to its artifacts (the process/pod handoff)."""
+def run_stage(ctx: StageContext) -> dict[str, Any] | None:
+    """Run one stage and persist its result next to its artifacts (the process/pod handoff).
+    None: this process is not the one that reports (a TrainJob's other nodes)."""
     result = stage_function(ctx.stage)(ctx)
-    write_json(ctx.stage_dir / RESULT_FILE, result)
+    if result is not None:
+        write_json(ctx.stage_dir / RESULT_FILE, result)
     return result
 
 

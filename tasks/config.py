@@ -141,9 +141,11 @@ class LifecycleConfig(CheckedConfig):
                         "(CUDA only).", enum=["fp32", "bf16", "fp16"])
     compute_target: str = _f(
         "local", "Where heavy stages run: local (a process of the Airflow worker) or "
-        "kubernetes (a pod; an MPIJob when nodes > 1).", enum=["local", "kubernetes"])
-    nodes: int = _f(1, "Training nodes; more than one needs compute_target=kubernetes and "
-                    "launcher=horovod (a Kubeflow MPIJob).", minimum=1, maximum=256)
+        "kubernetes (a pod; a Kubeflow job when nodes > 1); it must be what the deployment "
+        "offers.", enum=["local", "kubernetes"])
+    nodes: int = _f(1, "Training nodes; more than one needs compute_target=kubernetes: "
+                    "an MPIJob for horovod, a Kubeflow Trainer TrainJob for ddp and fsdp.",
+                    minimum=1, maximum=256)
     seed: int = _f(1234, "Seed for splits, initialisation, batching and sampling.", minimum=0)
     model_name: str = _f("", "Registered model name in MLflow (empty: the registered model a "
                          "models:/ base belongs to, else aigc-<architecture>: aigc-gpt2 for "
@@ -239,9 +241,9 @@ class LifecycleConfig(CheckedConfig):
             raise ConfigError("val_fraction + test_fraction: must leave most data for training")
         if self.min_chars > self.max_chars:
             raise ConfigError("min_chars: larger than max_chars")
-        if self.nodes > 1 and (self.compute_target != "kubernetes" or self.launcher != "horovod"):
+        if self.nodes > 1 and (self.compute_target != "kubernetes" or self.launcher == "single"):
             raise ConfigError("nodes: more than one node needs compute_target=kubernetes and "
-                              "launcher=horovod")
+                              "a distributed launcher (horovod, ddp or fsdp)")
         if self.canary_steps and (list(self.canary_steps) != sorted(self.canary_steps)
                                   or self.canary_steps[-1] != 100):
             raise ConfigError(f"canary_steps: {list(self.canary_steps)} must rise and end at 100")

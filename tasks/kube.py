@@ -1,7 +1,7 @@
-"""Kubernetes settings and manifests: the train stage as a pod, or as a Kubeflow MPIJob.
+"""Kubernetes settings and manifests: a stage as a pod, multi-node training as a Kubeflow job.
 
 Everything here is plain data (dicts, dataclasses) so it renders and validates offline; the
-Airflow glue in plugins/aigc_airflow/kube.py submits it.
+Airflow glue in plugins/aigc_airflow/kube.py submits it and watches it.
 """
 
 from __future__ import annotations
@@ -9,22 +9,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import ConfigError
+from tasks import kubecheck
+from tasks.errors import BadInput, ConfigError
 from tasks.runner import stage_argv
 from tasks.stage import StageContext
-from tasks.train.launch import launcher_argv
 
-MPI_HOSTFILE = "/etc/mpi/hostfile"
+SETTINGS_ENV = "AIGC_KUBERNETES_CONFIG"
+# mpi-operator names the hostfile it mounts in the launcher (/etc/mpi/hostfile) here (OpenMPI).
+MPI_HOSTFILE_ENV = "OMPI_MCA_orte_default_hostfile"
+FINISH_ACTIONS = ("delete_pod", "delete_succeeded_pod", "keep_pod")
 
 
 @dataclass(frozen=True)
 class KubernetesSettings:
     """Where and how pods run: a platform concern, so it comes from the deployment
-    (a JSON file named by AIGC_KUBERNETES_CONFIG), not from a trigger's conf."""
+    (a JSON file named by AIGC_KUBERNETES_CONFIG), not from a trigger's conf. Every value
+    the API server would refuse is refused here, naming the setting, before a pod is built."""
 
     namespace: str = "aigc"
     image: str = "aigc-trainer:0.1.0"
@@ -32,52 +36,94 @@ class KubernetesSettings:
     service_account: str = "aigc-trainer"
     kubernetes_conn_id: str = "kubernetes_default"
     gpus_per_worker: int = 0
+    # The extended resource a GPU is requested as (nvidia.com/gpu, amd.com/gpu, ...).
+    gpu_resource: str = "nvidia.com/gpu"
     cpu: str = "2"
     memory: str = "8Gi"
     node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[dict[str, str]] = field(default_factory=list)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
     # A ReadWriteMany volume mounted at the artifact root: payloads, data, checkpoints and
     # results sit at the same paths in the pod as on the Airflow worker.
     artifact_pvc: str = "aigc-artifacts"
     startup_timeout_seconds: int = 600
     schedule_timeout_seconds: int = 1800
+    # Spot and preemptible nodes: the time a pod gets between SIGTERM and SIGKILL, in which
+    # training writes its checkpoint; the retry resumes from it.
+    termination_grace_seconds: int = 120
     # Keep failed pods for their logs and events; delete successful ones.
     on_finish_action: str = "delete_succeeded_pod"
-    mpijob_poll_seconds: int = 15
+    # The triggerer watches pods and jobs, so no worker slot is held while they run.
+    deferrable: bool = True
+    job_poll_seconds: int = 15
 
     def __post_init__(self) -> None:
-        if self.gpus_per_worker < 0:
-            raise ConfigError("gpus_per_worker: must be >= 0")
-        if self.on_finish_action not in ("delete_pod", "delete_succeeded_pod", "keep_pod"):
-            raise ConfigError(f"on_finish_action: {self.on_finish_action!r} is not one of "
-                              "delete_pod, delete_succeeded_pod, keep_pod")
+        try:
+            self._check()
+        except BadInput as exc:
+            raise ConfigError(f"Kubernetes setting {exc}") from None
+
+    def _check(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = {"int": int, "str": str, "bool": bool}.get(str(f.type))
+            if expected and (type(value) is not expected):
+                raise BadInput(f"{f.name}: {value!r} must be a {f.type}")
+        kubecheck.dns_label("namespace", self.namespace)
+        kubecheck.image("image", self.image)
+        kubecheck.one_of("image_pull_policy", self.image_pull_policy, kubecheck.PULL_POLICIES)
+        kubecheck.dns_subdomain("service_account", self.service_account)
+        kubecheck.dns_subdomain("artifact_pvc", self.artifact_pvc)
+        kubecheck.qualified_name("gpu_resource", self.gpu_resource)
+        kubecheck.quantity("cpu", self.cpu)
+        kubecheck.quantity("memory", self.memory)
+        kubecheck.node_selector("node_selector", self.node_selector)
+        for i, tol in enumerate(self.tolerations):
+            kubecheck.toleration(f"tolerations[{i}]", tol)
+        kubecheck.one_of("on_finish_action", self.on_finish_action, FINISH_ACTIONS)
+        for name in ("gpus_per_worker", "termination_grace_seconds"):
+            if getattr(self, name) < 0:
+                raise BadInput(f"{name}: must be >= 0")
+        for name in ("startup_timeout_seconds", "schedule_timeout_seconds", "job_poll_seconds"):
+            if getattr(self, name) < 1:
+                raise BadInput(f"{name}: must be >= 1")
 
     @classmethod
     def from_env(cls) -> KubernetesSettings:
-        path = os.environ.get("AIGC_KUBERNETES_CONFIG")
+        path = os.environ.get(SETTINGS_ENV)
         if not path:
             return cls()
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{SETTINGS_ENV}: cannot read {path}: {exc}") from None
         unknown = sorted(set(data) - set(asdict(cls())))
         if unknown:
             raise ConfigError(f"{unknown[0]}: unknown Kubernetes setting in {path}")
         return cls(**data)
 
     def resources(self) -> dict[str, dict[str, str]]:
-        """Requests equal limits (Guaranteed QoS); GPUs must be whole and equal anyway."""
+        """Requests equal limits (Guaranteed QoS); the server refuses a GPU request that
+        differs from its limit, so there is one number for both."""
         amount = {"cpu": self.cpu, "memory": self.memory}
         if self.gpus_per_worker:
-            amount["nvidia.com/gpu"] = str(self.gpus_per_worker)
+            amount[self.gpu_resource] = str(self.gpus_per_worker)
         return {"requests": dict(amount), "limits": dict(amount)}
 
 
+def on_kubernetes() -> bool:
+    """Whether this deployment runs heavy stages on Kubernetes (it names its cluster settings)."""
+    return bool(os.environ.get(SETTINGS_ENV))
+
+
 def label_value(value: str) -> str:
-    """A label value (<= 63 chars, alphanumeric ends); long run ids keep a hash suffix."""
-    clean = "".join(c if c.isalnum() or c in "-_." else "-" for c in value).strip("-_.")
-    if len(clean) <= 63:
+    """A label value (<= 63 ASCII chars, alphanumeric ends): run ids carry ':' and '+', and
+    may carry any letter; long or rewritten ones keep a hash of the original."""
+    clean = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "-" for c in value)
+    clean = clean.strip("-_.")
+    if len(clean) <= 63 and clean == value:
         return clean
     digest = hashlib.sha256(value.encode()).hexdigest()[:10]
-    return f"{clean[:52].rstrip('-_.')}-{digest}"
+    return f"{clean[:52].rstrip('-_.')}-{digest}".lstrip("-")
 
 
 def labels(ctx: StageContext) -> dict[str, str]:
@@ -108,21 +154,14 @@ def _volume(settings: KubernetesSettings, ctx: StageContext) -> tuple[dict, dict
     return volume, mount
 
 
-def pod_spec(settings: KubernetesSettings, ctx: StageContext, name: str, command: list[str],
-             env: dict[str, str]) -> dict[str, Any]:
-    """One container with the artifact volume, resources and placement from settings: the
-    stage pod and both MPIJob replica templates are built from it."""
-    volume, mount = _volume(settings, ctx)
-    spec: dict[str, Any] = {
-        "serviceAccountName": settings.service_account,
-        "restartPolicy": "Never",
-        "containers": [{
-            "name": name, "image": settings.image, "imagePullPolicy": settings.image_pull_policy,
-            "command": command, "env": [{"name": k, "value": v} for k, v in env.items()],
-            "resources": settings.resources(), "volumeMounts": [mount],
-        }],
-        "volumes": [volume],
-    }
+def _env_list(env: dict[str, str]) -> list[dict[str, str]]:
+    return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def placement(settings: KubernetesSettings) -> dict[str, Any]:
+    """Service account, node pool and grace period: shared by every pod the stage makes."""
+    spec: dict[str, Any] = {"serviceAccountName": settings.service_account,
+                            "terminationGracePeriodSeconds": settings.termination_grace_seconds}
     if settings.node_selector:
         spec["nodeSelector"] = dict(settings.node_selector)
     if settings.tolerations:
@@ -130,50 +169,131 @@ def pod_spec(settings: KubernetesSettings, ctx: StageContext, name: str, command
     return spec
 
 
+def pod_spec(settings: KubernetesSettings, ctx: StageContext, name: str, command: list[str],
+             env: dict[str, str]) -> dict[str, Any]:
+    """One container with the artifact volume, resources and placement from settings: the
+    stage pod and the MPIJob replica templates are built from it."""
+    volume, mount = _volume(settings, ctx)
+    return {
+        **placement(settings),
+        "restartPolicy": "Never",
+        "containers": [{
+            "name": name, "image": settings.image, "imagePullPolicy": settings.image_pull_policy,
+            "command": command, "env": _env_list(env),
+            "resources": settings.resources(), "volumeMounts": [mount],
+        }],
+        "volumes": [volume],
+    }
+
+
 def mpijob_manifest(ctx: StageContext, settings: KubernetesSettings) -> dict[str, Any]:
-    """A kubeflow.org/v2beta1 MPIJob: one launcher running horovodrun over `nodes` workers,
-    each with cfg.workers slots (one process per GPU or per core group)."""
-    cfg = ctx.config  # LifecycleConfig guarantees launcher=horovod when nodes > 1
-    nodes, slots = cfg.nodes, cfg.workers
-    # world_size = workers per node x nodes: one horovodrun process per slot.
-    command = launcher_argv(cfg, str(ctx.payload_path), hostfile=MPI_HOSTFILE)
+    """A kubeflow.org/v2beta1 MPIJob (mpi-operator v0.6): the launcher runs the train stage
+    itself — `python -m tasks train`, whose horovodrun reads the operator's hostfile — so the
+    result is collected and the ranks' checksums compared exactly as on one node."""
+    cfg = ctx.config
     meta = {"name": job_name(ctx), "namespace": settings.namespace, "labels": labels(ctx)}
-    launcher = pod_spec(settings, ctx, "launcher", command, container_env(ctx))
-    # The launcher only runs horovodrun; it needs no GPU.
-    launcher["containers"][0]["resources"] = {"requests": {"cpu": "1", "memory": "2Gi"},
-                                              "limits": {"cpu": "1", "memory": "2Gi"}}
-    worker = pod_spec(settings, ctx, "worker", ["/usr/sbin/sshd", "-De"],
-                       container_env(ctx))
+    launcher = pod_spec(settings, ctx, "launcher", pod_command(ctx), container_env(ctx))
+    # The launcher only starts horovodrun and checks the result; it needs no GPU.
+    small = {"cpu": "1", "memory": "2Gi"}
+    launcher["containers"][0]["resources"] = {"requests": dict(small), "limits": dict(small)}
+    worker = pod_spec(settings, ctx, "worker", ["/usr/sbin/sshd", "-De"], container_env(ctx))
     return {
         "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob", "metadata": meta,
         "spec": {
-            "slotsPerWorker": slots,
+            "slotsPerWorker": cfg.workers,
             "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": 0,
                           "activeDeadlineSeconds": settings.schedule_timeout_seconds
                           + 6 * 3600},
             "mpiImplementation": "OpenMPI",
+            # horovodrun needs every worker's sshd up before it starts.
+            "launcherCreationPolicy": "WaitForWorkersReady",
             "mpiReplicaSpecs": {
                 "Launcher": {"replicas": 1, "restartPolicy": "Never",
                              "template": {"metadata": {"labels": labels(ctx)}, "spec": launcher}},
-                "Worker": {"replicas": nodes, "restartPolicy": "Never",
+                "Worker": {"replicas": cfg.nodes, "restartPolicy": "Never",
                            "template": {"metadata": {"labels": labels(ctx)}, "spec": worker}},
             },
         },
     }
 
 
-class MPIJobFailed(RuntimeError):
-    """The MPIJob ended Failed; the message carries the operator's reason and message."""
+TRAINJOB_RUNTIME = "torch-distributed"
+# The torch runtime's one replicated job, and its container, are both named "node".
+TRAINJOB_NODE = "node"
+PATCH_MANAGER = "aigc-lifecycle"
 
 
-def mpijob_outcome(job: dict[str, Any]) -> str | None:
-    """'succeeded', or None while running; raises MPIJobFailed when the job failed."""
-    for cond in job.get("status", {}).get("conditions", []):
+def trainjob_manifest(ctx: StageContext, settings: KubernetesSettings) -> dict[str, Any]:
+    """A trainer.kubeflow.org/v1alpha1 TrainJob (Kubeflow Trainer v2.3) on the torch runtime:
+    every node runs the train stage; the runtime's PET_* variables make its torchrun join
+    the others, and node 0 collects and checks the ranks' results. Volume, placement and
+    grace period go in as a runtime patch (v2.2+; v2.0/2.1 called it podSpecOverrides)."""
+    volume, mount = _volume(settings, ctx)
+    pod = {"metadata": {"labels": labels(ctx)},
+           "spec": {**placement(settings), "volumes": [volume],
+                    "containers": [{"name": TRAINJOB_NODE, "volumeMounts": [mount]}]}}
+    node_job = {"name": TRAINJOB_NODE, "template": {"spec": {"template": pod}}}
+    return {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": job_name(ctx), "namespace": settings.namespace,
+                     "labels": labels(ctx)},
+        "spec": {
+            "runtimeRef": {"name": TRAINJOB_RUNTIME, "apiGroup": "trainer.kubeflow.org",
+                           "kind": "ClusterTrainingRuntime"},
+            "trainer": {
+                "image": settings.image, "command": pod_command(ctx),
+                "env": _env_list(container_env(ctx)),
+                "numNodes": ctx.config.nodes, "numProcPerNode": ctx.config.workers,
+                "resourcesPerNode": settings.resources(),
+            },
+            "activeDeadlineSeconds": settings.schedule_timeout_seconds + 6 * 3600,
+            "runtimePatches": [{
+                "manager": PATCH_MANAGER,
+                "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [node_job]}}},
+            }],
+        },
+    }
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A Kubeflow job resource and the conditions that end it."""
+
+    kind: str
+    group: str
+    version: str
+    plural: str
+    succeeded: str
+    failed: str
+
+    @property
+    def api(self) -> dict[str, str]:
+        return {"group": self.group, "version": self.version, "plural": self.plural}
+
+
+MPIJOB = JobKind("MPIJob", "kubeflow.org", "v2beta1", "mpijobs", "Succeeded", "Failed")
+TRAINJOB = JobKind("TrainJob", "trainer.kubeflow.org", "v1alpha1", "trainjobs", "Complete",
+                   "Failed")
+
+
+def job_for(ctx: StageContext, settings: KubernetesSettings) -> tuple[JobKind, dict[str, Any]]:
+    """Horovod across nodes is an MPIJob; torchrun (DDP, FSDP) a TrainJob."""
+    if ctx.config.launcher == "horovod":
+        return MPIJOB, mpijob_manifest(ctx, settings)
+    return TRAINJOB, trainjob_manifest(ctx, settings)
+
+
+class JobFailed(RuntimeError):
+    """The job ended Failed; the message carries the operator's reason and message."""
+
+
+def job_outcome(kind: JobKind, job: dict[str, Any]) -> str | None:
+    """'succeeded', 'failed: <reason>: <message>', or None while it runs."""
+    for cond in job.get("status", {}).get("conditions", []) or []:
         if cond.get("status") != "True":
             continue
-        if cond.get("type") == "Succeeded":
+        if cond.get("type") == kind.succeeded:
             return "succeeded"
-        if cond.get("type") == "Failed":
-            raise MPIJobFailed(f"MPIJob {job['metadata']['name']} failed: "
-                               f"{cond.get('reason', '?')}: {cond.get('message', '')}")
+        if cond.get("type") == kind.failed:
+            return f"failed: {cond.get('reason', '?')}: {cond.get('message', '')}"
     return None

@@ -55,6 +55,17 @@ class StageContext:
         (self.stage_dir / RESULT_FILE).unlink(missing_ok=True)
         return write_json(self.payload_path, self.to_payload())
 
+    def earlier_result(self) -> dict[str, Any] | None:
+        """The result an earlier try left for exactly this payload: its pod or job finished
+        after the task had lost track of it. None when there is none or the payload changed
+        (other inputs, other config): then the stage must run again."""
+        result = self.stage_dir / RESULT_FILE
+        if not (result.exists() and self.payload_path.exists()):
+            return None
+        same = json.loads(self.payload_path.read_text()) == json.loads(
+            json.dumps(self.to_payload()))
+        return json.loads(result.read_text()) if same else None
+
     def read_result(self) -> dict[str, Any]:
         """The result the stage process or pod wrote next to its artifacts."""
         return json.loads((self.stage_dir / RESULT_FILE).read_text())

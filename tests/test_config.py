@@ -32,8 +32,8 @@ def test_defaults_are_valid_and_round_trip():
         ({"lora_r": 0}, "lora_r"),
         ({"loss_on_prompt": "yes"}, "loss_on_prompt"),
         ({"launcher": "deepspeed"}, "launcher"),
-        # FSDP runs on one node (in the training pod); more nodes are Horovod's MPIJob.
-        ({"launcher": "fsdp", "nodes": 2, "compute_target": "kubernetes"}, "nodes"),
+        # One process cannot span nodes; horovod, ddp and fsdp can (an MPIJob, a TrainJob).
+        ({"launcher": "single", "nodes": 2, "compute_target": "kubernetes"}, "nodes"),
     ],
 )
 def test_bad_values_name_the_field(conf, field):

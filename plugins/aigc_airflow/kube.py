@@ -1,91 +1,339 @@
-"""Run a stage on Kubernetes: a KubernetesPodOperator pod, or a Kubeflow MPIJob for nodes > 1."""
+"""A stage as a Kubernetes task: a KubernetesPodOperator pod, or a Kubeflow job for nodes > 1."""
 
 from __future__ import annotations
 
-import logging
-import os
+import asyncio
+import shutil
 import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchFailedException
+from airflow.sdk.exceptions import AirflowException
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
 from tasks.kube import (
+    MPIJOB,
+    TRAINJOB,
+    JobKind,
     KubernetesSettings,
-    job_name,
+    container_env,
+    job_for,
+    job_outcome,
     labels,
-    mpijob_manifest,
-    mpijob_outcome,
     pod_command,
+    pod_spec,
 )
-from tasks.stage import StageContext
+from tasks.stage import RESULT_FILE, StageContext
 
-log = logging.getLogger(__name__)
-MPIJOB = {"group": "kubeflow.org", "version": "v2beta1", "plural": "mpijobs"}
-
-
-def pod_operator(ctx: StageContext, settings: KubernetesSettings):
-    """The pod that runs `python -m tasks <stage>` with the same argv and env as locally."""
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-
-    from tasks.kube import container_env, pod_spec
-
-    # The operator's own container is named "base"; the template's container merges into it.
-    spec = pod_spec(settings, ctx, "base", pod_command(ctx), container_env(ctx))
-    return KubernetesPodOperator(
-        task_id=f"{ctx.stage}_pod",
-        kubernetes_conn_id=settings.kubernetes_conn_id,
-        namespace=settings.namespace,
-        name=job_name(ctx),
-        random_name_suffix=True,
-        pod_template_dict={"apiVersion": "v1", "kind": "Pod", "metadata": {}, "spec": spec},
-        image=settings.image,
-        labels=labels(ctx),
-        # A retried task reattaches to its still-running pod instead of starting another.
-        reattach_on_restart=True,
-        on_finish_action=settings.on_finish_action,
-        startup_timeout_seconds=settings.startup_timeout_seconds,
-        schedule_timeout_seconds=settings.schedule_timeout_seconds,
-        get_logs=True,
-        log_events_on_failure=True,
-    )
+ACTIVE = ("Pending", "Running")
+# A watch outlives the task's own deadline by this much before Airflow's backstop fires.
+DEFER_SLACK = timedelta(minutes=2)
+KINDS = {k.kind: k for k in (MPIJOB, TRAINJOB)}
 
 
-def run_pod(ctx: StageContext, context: Any, settings: KubernetesSettings) -> dict[str, Any]:
-    ctx.hand_off()
-    pod_operator(ctx, settings).execute(context)
-    return ctx.read_result()
+class StageResultMissing(AirflowException):
+    """The pod or job succeeded but left no result.json: nothing to hand downstream."""
 
 
-def run_mpijob(ctx: StageContext, settings: KubernetesSettings, api=None) -> dict[str, Any]:
-    """Submit (or find, on a retry) the MPIJob, wait for its final condition, read the result."""
-    if api is None:
-        from kubernetes import client, config
+class StagePodOperator(KubernetesPodOperator):
+    """`python -m tasks <stage>` in the trainer image, with the payload/result contract of the
+    local runner: the payload is written before the pod starts, the stage's result.json is
+    the task's XCom.
 
-        config.load_incluster_config() if _in_cluster() else config.load_kube_config()
-        api = client.CustomObjectsApi()
-    ctx.hand_off()
-    manifest = mpijob_manifest(ctx, settings)
-    name = manifest["metadata"]["name"]
-    try:
-        api.create_namespaced_custom_object(namespace=settings.namespace, body=manifest,
-                                            **MPIJOB)
-        log.info("submitted MPIJob %s/%s", settings.namespace, name)
-    except Exception as exc:  # 409: a previous try's job; wait on it rather than duplicate
-        if getattr(exc, "status", None) != 409:
+    Retries never start a second pod or job for the same stage: an unfinished one is
+    reattached (also after the monitoring itself failed), a finished one's result is taken.
+    """
+
+    template_fields = (*KubernetesPodOperator.template_fields, "stage_inputs")
+
+    def __init__(self, *, stage: str, stage_inputs: dict[str, Any] | None = None,
+                 settings: KubernetesSettings, **kwargs: Any) -> None:
+        super().__init__(
+            task_id=stage,
+            kubernetes_conn_id=settings.kubernetes_conn_id,
+            namespace=settings.namespace,
+            image=settings.image,
+            name=f"aigc-{stage}",
+            labels={"app.kubernetes.io/part-of": "aigc-lifecycle", "aigc/stage": stage},
+            durable=True,
+            on_finish_action=settings.on_finish_action,
+            on_kill_action="delete_pod",
+            termination_grace_period=settings.termination_grace_seconds,
+            startup_timeout_seconds=settings.startup_timeout_seconds,
+            schedule_timeout_seconds=settings.schedule_timeout_seconds,
+            get_logs=True,
+            log_events_on_failure=True,
+            deferrable=settings.deferrable,
+            # The result travels as result.json on the artifact volume, not by a sidecar.
+            do_xcom_push=False,
+            **kwargs,
+        )
+        self.stage = stage
+        self.stage_inputs = stage_inputs or {}
+        self.settings = settings
+        self._stop_pod = False
+        self._job: tuple[JobKind, str] | None = None
+
+    # -- the stage contract ------------------------------------------------------------
+    def _stage_context(self, context: Any) -> StageContext:
+        from aigc_airflow.stages import stage_context
+
+        return stage_context(self.stage, context, dict(self.stage_inputs))
+
+    def _finish(self, ctx: StageContext, context: Any) -> dict[str, Any]:
+        path = ctx.stage_dir / RESULT_FILE
+        if not path.exists():
+            raise StageResultMissing(f"stage {self.stage}: the pod or job succeeded but wrote "
+                                     f"no {path}")
+        return self._push(ctx.read_result(), context)
+
+    @staticmethod
+    def _push(result: dict[str, Any], context: Any) -> dict[str, Any]:
+        # do_xcom_push is off for the operator's sidecar; the stage's result is the XCom.
+        context["ti"].xcom_push(key="return_value", value=result)
+        return result
+
+    def render(self, ctx: StageContext, context: Any = None) -> Any:
+        """The stage's pod as this operator builds it: the same argv and env as locally, the
+        artifact volume, resources and placement from the cluster settings."""
+        self.labels = labels(ctx)
+        self.pod_template_dict = {"apiVersion": "v1", "kind": "Pod", "metadata": {},
+                                  "spec": pod_spec(self.settings, ctx, self.base_container_name,
+                                                   pod_command(ctx), container_env(ctx))}
+        return self.build_pod_request_obj(context, dry_run=context is None)
+
+    def execute(self, context: Any) -> dict[str, Any] | None:
+        ctx = self._stage_context(context)
+        if self.stage == "train" and ctx.config.nodes > 1:
+            return self._run_job(ctx, context)
+        self.pod_request_obj = self.render(ctx, context)
+        earlier = self.find_pod(self.namespace, context=context)
+        phase = earlier.status.phase if earlier is not None and earlier.status else None
+        if phase in ACTIVE:
+            self.log.info("pod %s of an earlier try is %s: reattaching, not starting another",
+                          earlier.metadata.name, phase)
+        elif (result := ctx.earlier_result()) is not None:
+            self.log.info("an earlier try ran this very payload to the end: its result is "
+                          "this task's (no new pod)")
+            if earlier is not None:
+                self.process_pod_deletion(earlier, reraise=False)
+            return self._push(result, context)
+        else:
+            ctx.hand_off()
+        super().execute(context)  # defers when deferrable: trigger_reentry resumes
+        return self._finish(ctx, context)
+
+    def trigger_reentry(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        # The trigger's own deadline (execution_timeout): the pod goes too.
+        self._stop_pod = event.get("status") == "timeout"
+        super().trigger_reentry(context, event)
+        return self._finish(self._stage_context(context), context)
+
+    # -- monitoring failures never duplicate a training --------------------------------
+    def await_pod_start(self, pod: Any) -> None:
+        try:
+            super().await_pod_start(pod)
+        except PodLaunchFailedException:
+            # Never scheduled or never started (image, quota): a retry starts afresh.
+            self._stop_pod = True
             raise
-        log.info("MPIJob %s exists (a previous try); waiting on it", name)
-    while True:
-        job = api.get_namespaced_custom_object(namespace=settings.namespace, name=name,
-                                               **MPIJOB)
-        if mpijob_outcome(job) == "succeeded":
-            return ctx.read_result()
-        time.sleep(settings.mpijob_poll_seconds)
+
+    def await_pod_completion(self, pod: Any) -> None:
+        try:
+            super().await_pod_completion(pod)
+        except Exception as exc:  # the log stream broke (API, proxy, kubelet): not the pod
+            if not self.get_logs:
+                raise
+            self.log.warning("reading the pod's log failed (%s); waiting for it by its status",
+                             exc)
+            self.pod_manager.await_container_completion(
+                pod=pod, container_name=self.base_container_name,
+                polling_time=self.base_container_status_polling_interval)
+
+    def cleanup(self, pod: Any, remote_pod: Any, xcom_result: dict | None = None,
+                context: Any = None) -> None:
+        if self._killed or not remote_pod:
+            return super().cleanup(pod, remote_pod, xcom_result, context)
+        try:
+            # One read, no retry loop: the watch has just spent its retries on this API.
+            current = self.client.read_namespaced_pod(remote_pod.metadata.name,
+                                                      remote_pod.metadata.namespace)
+        except Exception as exc:  # noqa: BLE001 - cannot tell: leave it for the retry
+            self.log.warning("cannot read pod %s (%s): left for the retry to reattach",
+                             remote_pod.metadata.name, exc)
+            return None
+        if current.status and current.status.phase in ACTIVE:
+            if not self._stop_pod:
+                # The watch ended before the pod did: upstream would label it checked and
+                # the retry would start a second pod training the same stage.
+                self.log.warning("pod %s is still %s but watching it failed: left unlabelled "
+                                 "for the retry to reattach", current.metadata.name,
+                                 current.status.phase)
+                return None
+            self.log.info("deleting pod %s (%s)", current.metadata.name, current.status.phase)
+            self.pod_manager.delete_pod(current)
+        return super().cleanup(pod, current, xcom_result, context)
+
+    # -- nodes > 1: a Kubeflow job -----------------------------------------------------
+    def _run_job(self, ctx: StageContext, context: Any) -> dict[str, Any] | None:
+        kind, manifest = job_for(ctx, self.settings)
+        name = manifest["metadata"]["name"]
+        self._job = (kind, name)
+        api = self.hook.custom_object_client
+        earlier = _get_job(api, kind, self.namespace, name)
+        outcome = job_outcome(kind, earlier) if earlier else None
+        if earlier and outcome is None:
+            self.log.info("%s %s of an earlier try is running: watching it", kind.kind, name)
+        elif (result := ctx.earlier_result()) is not None:
+            self.log.info("%s %s of an earlier try ran this very payload to the end: its "
+                          "result is this task's", kind.kind, name)
+            return self._push(result, context)
+        else:
+            if earlier:
+                self.log.info("%s %s of an earlier try ended (%s): replacing it", kind.kind,
+                              name, outcome)
+                _delete_job(api, kind, self.namespace, name, wait=True)
+            ctx.hand_off()
+            # Rank files of an earlier attempt must not pass for this one's.
+            shutil.rmtree(ctx.stage_dir / "ranks", ignore_errors=True)
+            api.create_namespaced_custom_object(namespace=self.namespace, body=manifest,
+                                                **kind.api)
+            self.log.info("submitted %s %s/%s", kind.kind, self.namespace, name)
+        trigger = JobTrigger(kind=kind.kind, name=name, namespace=self.namespace,
+                             kubernetes_conn_id=self.kubernetes_conn_id,
+                             poll_seconds=self.settings.job_poll_seconds,
+                             deadline=self._deadline(context))
+        if self.deferrable:
+            self.defer(trigger=trigger, method_name="job_reentry",
+                       timeout=timedelta(seconds=max(0.0, trigger.deadline - time.time()))
+                       + DEFER_SLACK if trigger.deadline else None)
+        return self.job_reentry(context, asyncio.run(_first_event(trigger)))
+
+    def _deadline(self, context: Any) -> float:
+        if self.execution_timeout is None:
+            return 0.0
+        return context["ti"].start_date.timestamp() + self.execution_timeout.total_seconds()
+
+    def job_reentry(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        kind, name = KINDS[event["kind"]], event["name"]
+        self._job = (kind, name)
+        if event["status"] == "succeeded":
+            return self._finish(self._stage_context(context), context)
+        if event["status"] == "timeout":
+            _delete_job(self.hook.custom_object_client, kind, event["namespace"], name)
+        raise AirflowException(f"{kind.kind} {event['namespace']}/{name} "
+                               f"{event['message']}")
+
+    def on_kill(self) -> None:
+        if self._job is None:
+            return super().on_kill()
+        kind, name = self._job
+        self._killed = True
+        try:
+            _delete_job(self.hook.custom_object_client, kind, self.namespace, name)
+        except Exception:  # noqa: BLE001 - best effort; the log says which job remains
+            self.log.exception("could not delete %s %s", kind.kind, name)
+        return None
 
 
-def _in_cluster() -> bool:
-    return "KUBERNETES_SERVICE_HOST" in os.environ
+def _get_job(api: Any, kind: JobKind, namespace: str, name: str) -> dict | None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return api.get_namespaced_custom_object(namespace=namespace, name=name, **kind.api)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
 
 
-def run_remote(ctx: StageContext, context: Any) -> dict[str, Any]:
-    settings = KubernetesSettings.from_env()
-    if ctx.config.nodes > 1:
-        return run_mpijob(ctx, settings)
-    return run_pod(ctx, context, settings)
+def _delete_job(api: Any, kind: JobKind, namespace: str, name: str, *,
+                wait: bool = False) -> None:
+    """Delete the job; its pods follow through their owner references. With wait, return
+    once the name is free for a new job."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        api.delete_namespaced_custom_object(namespace=namespace, name=name,
+                                            propagation_policy="Background", **kind.api)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    deadline = time.monotonic() + 120
+    while wait and _get_job(api, kind, namespace, name) is not None:
+        if time.monotonic() > deadline:
+            raise AirflowException(f"{kind.kind} {namespace}/{name} is still being deleted")
+        time.sleep(1)
+
+
+async def _first_event(trigger: BaseTrigger) -> dict[str, Any]:
+    async for event in trigger.run():
+        return event.payload
+    raise AirflowException("the job watch ended without an outcome")
+
+
+class JobTrigger(BaseTrigger):
+    """Watches a Kubeflow job (MPIJob, TrainJob) in the triggerer until its final condition,
+    or until the task's deadline; deletes it when the task is killed while deferred."""
+
+    def __init__(self, *, kind: str, name: str, namespace: str, kubernetes_conn_id: str,
+                 poll_seconds: float, deadline: float = 0.0) -> None:
+        super().__init__()
+        self.kind, self.name, self.namespace = kind, name, namespace
+        self.kubernetes_conn_id = kubernetes_conn_id
+        self.poll_seconds, self.deadline = poll_seconds, deadline
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
+                {"kind": self.kind, "name": self.name, "namespace": self.namespace,
+                 "kubernetes_conn_id": self.kubernetes_conn_id,
+                 "poll_seconds": self.poll_seconds, "deadline": self.deadline})
+
+    def _event(self, status: str, message: str) -> TriggerEvent:
+        return TriggerEvent({"status": status, "message": message, "kind": self.kind,
+                             "name": self.name, "namespace": self.namespace})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
+        from kubernetes_asyncio import client
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        kind = KINDS[self.kind]
+        async with AsyncKubernetesHook(conn_id=self.kubernetes_conn_id).get_conn() as conn:
+            api = client.CustomObjectsApi(conn)
+            while True:
+                if self.deadline and time.time() >= self.deadline:
+                    yield self._event("timeout", "reached the task's execution_timeout")
+                    return
+                try:
+                    job = await api.get_namespaced_custom_object(
+                        namespace=self.namespace, name=self.name, **kind.api)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        yield self._event("failed", "was deleted before it finished")
+                        return
+                    # A flaky API is not the job's failure: keep watching until the deadline.
+                    self.log.warning("reading %s %s failed: %s", self.kind, self.name, exc)
+                else:
+                    outcome = job_outcome(kind, job)
+                    if outcome == "succeeded":
+                        yield self._event("succeeded", "succeeded")
+                        return
+                    if outcome:
+                        yield self._event("failed", outcome)
+                        return
+                await asyncio.sleep(self.poll_seconds)
+
+    async def on_kill(self) -> None:
+        """Airflow 3.3 calls this when a deferred task is marked failed or times out."""
+        from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
+        from kubernetes_asyncio import client
+
+        kind = KINDS[self.kind]
+        async with AsyncKubernetesHook(conn_id=self.kubernetes_conn_id).get_conn() as conn:
+            await client.CustomObjectsApi(conn).delete_namespaced_custom_object(
+                namespace=self.namespace, name=self.name, propagation_policy="Background",
+                **kind.api)

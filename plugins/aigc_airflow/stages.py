@@ -49,20 +49,52 @@ def config_params(cls: type[CheckedConfig] = LifecycleConfig) -> dict[str, Any]:
 
     source = os.environ.get(DEFAULTS_ENV.get(cls.__name__, ""), "")
     defaults = cls.load(source).to_dict() if source.strip() else None
+    if cls is LifecycleConfig:
+        # The form offers where this deployment runs heavy stages: the graph is built for it.
+        defaults = (defaults or cls().to_dict()) | {"compute_target": offered_target()}
     return {
         name: Param(spec.pop("default"), description=spec.pop("description"), **spec)
         for name, spec in params_schema(cls, defaults).items()
     }
 
 
+def offered_target() -> str:
+    """Where this deployment runs heavy stages: Kubernetes once it names its cluster settings."""
+    from tasks.kube import on_kubernetes
+
+    return "kubernetes" if on_kubernetes() else "local"
+
+
 def context_config(params: dict[str, Any], conf: dict[str, Any] | None):
     """The run's config. Airflow has validated known conf keys against the Params but lets
     unknown ones through; merging conf back in makes an unknown key a named error."""
-    return LifecycleConfig.from_dict(dict(params) | dict(conf or {}))
+    from tasks.errors import ConfigError
+
+    cfg = LifecycleConfig.from_dict(dict(params) | dict(conf or {}))
+    # The graph was built for one place (pod tasks or local ones): a run cannot ask for the
+    # other.
+    if cfg.compute_target != (offered := offered_target()):
+        raise ConfigError(f"compute_target: {cfg.compute_target!r} is not offered by this "
+                          f"deployment, which runs heavy stages on {offered!r} "
+                          + ("(set AIGC_KUBERNETES_CONFIG to run them as pods)"
+                             if offered == "local" else "(AIGC_KUBERNETES_CONFIG is set)"))
+    return cfg
+
+
+def stage_context(stage: str, context: Any, inputs: dict[str, Any]):
+    """The StageContext of a running task: its run, its config, its upstream results."""
+    from tasks.stage import StageContext
+
+    dag_run = context["dag_run"]
+    return StageContext(stage=stage, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
+                        config=context_config(context["params"], dag_run.conf), inputs=inputs)
 
 
 def stage_task(stage: str, *, execution_timeout: timedelta):
-    """A TaskFlow task running `python -m tasks <stage>`; upstream results come as a dict."""
+    """A stage's task: a pod task (train, compress) when the deployment runs on Kubernetes,
+    else a TaskFlow task running `python -m tasks <stage>`; upstream results come as a dict."""
+    if stage in POD_STAGES and offered_target() == "kubernetes":
+        return _pod_task(stage, execution_timeout=execution_timeout)
     from airflow.sdk import task
 
     @task(task_id=stage, execution_timeout=execution_timeout)
@@ -72,10 +104,8 @@ def stage_task(stage: str, *, execution_timeout: timedelta):
 
         from tasks.errors import BadInput
         from tasks.runner import run_process
-        from tasks.stage import StageContext
 
         context = get_current_context()
-        dag_run = context["dag_run"]
         inputs = dict(upstream or {})
         if stage == "ingest":
             from aigc_airflow.feedback import triggering_exports
@@ -83,16 +113,22 @@ def stage_task(stage: str, *, execution_timeout: timedelta):
             if exports := triggering_exports(context):
                 inputs["feedback"] = {"exports": exports}
         try:
-            ctx = StageContext(stage=stage, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
-                               config=context_config(context["params"], dag_run.conf),
-                               inputs=inputs)
-            if ctx.config.compute_target == "kubernetes" and stage in POD_STAGES:
-                from aigc_airflow.kube import run_remote
-
-                return run_remote(ctx, context)
+            ctx = stage_context(stage, context, inputs)
             return run_process(ctx, env=server_env() if stage in SERVER_STAGES else None)
         except BadInput as exc:
             # Bad config or data fails the same way on every retry: fail now, say why.
             raise AirflowFailException(str(exc)) from exc
 
     return run
+
+
+def _pod_task(stage: str, *, execution_timeout: timedelta):
+    def make(upstream: dict[str, Any] | None = None):
+        from aigc_airflow.kube import StagePodOperator
+        from tasks.kube import KubernetesSettings
+
+        return StagePodOperator(stage=stage, stage_inputs=upstream or {},
+                                settings=KubernetesSettings.from_env(),
+                                execution_timeout=execution_timeout).output
+
+    return make

@@ -7,6 +7,7 @@ import re
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from tasks import kubecheck
 from tasks.errors import BadInput
 
 GROUP = "serving.kserve.io"
@@ -17,6 +18,8 @@ CONTAINER = "kserve-container"
 PORT = 8000
 VERSION_ENV = "AIGC_SERVE_VERSION"
 VERSION_LABEL = "aigc/model-version"
+# Average CPU use, in percent of the request, above which another replica starts.
+CPU_TARGET_PERCENT = 70
 # Keys inside the Kubernetes Secret named by `secret_name`; the optional ones hold URLs
 # that may carry passwords, so they never appear in the object either.
 SECRET_KEYS = {"AIGC_API_KEYS": "api-keys", "AIGC_ADMIN_KEY": "admin-key"}
@@ -24,9 +27,6 @@ OPTIONAL_SECRET_KEYS = {"AIGC_REDIS_URL": "redis-url", "AIGC_FEEDBACK_DB": "feed
 
 # KServe's webhook regex for InferenceService names (a DNS-1123 label that starts with a letter).
 _ISVC_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
 class CustomObjectsApi(Protocol):
@@ -43,8 +43,7 @@ def _check_name(name: str, namespace: str) -> None:
     if not _ISVC_NAME.match(name) or len(name) > 63:
         raise BadInput(f"name: {name!r} must be a DNS-1123 label (<= 63 chars) starting with "
                        "a letter")
-    if not _DNS_LABEL.match(namespace) or len(namespace) > 63:
-        raise BadInput(f"namespace: {namespace!r} must be a DNS-1123 label (<= 63 chars)")
+    kubecheck.dns_label("namespace", namespace)
     # KServe derives the predictor's host label from both; past 63 characters it fails to
     # reconcile long after the apply succeeded (kserve/kserve#4807), so refuse it here.
     host = f"{name}-predictor-{namespace}"
@@ -54,9 +53,9 @@ def _check_name(name: str, namespace: str) -> None:
 
 def _check_version(version: str) -> None:
     # The version also labels the pods, so it must be a valid label value.
-    if not isinstance(version, str) or not _LABEL_VALUE.match(version) or len(version) > 63:
-        raise BadInput(f"version: {version!r} must be a registered model version "
-                       "(a label value: alphanumerics, '-', '_', '.', <= 63 chars)")
+    if not version:
+        raise BadInput("version: must be a registered model version, not empty")
+    kubecheck.label_value("version", version)
 
 
 def _check_percent(field: str, value: int) -> None:
@@ -65,14 +64,15 @@ def _check_percent(field: str, value: int) -> None:
         raise BadInput(f"{field}: {value!r} must be an integer in [0, 100]")
 
 
-def _check_render_args(*, name: str, namespace: str, image: str, model_name: str,
+def check_server_args(*, name: str, namespace: str, image: str, model_name: str,
                        version: str, tracking_uri: str, secret_name: str,
-                       canary_percent: int | None, gpus: int, min_replicas: int,
-                       max_replicas: int) -> None:
+                       canary_percent: int | None, cpu: str, memory: str, gpus: int,
+                       min_replicas: int, max_replicas: int) -> None:
     _check_name(name, namespace)
+    kubecheck.quantity("cpu", cpu)
+    kubecheck.quantity("memory", memory)
     _check_version(version)
-    if not image.strip():
-        raise BadInput("image: must not be empty")
+    kubecheck.image("image", image)
     if not model_name.strip():
         raise BadInput("model_name: must not be empty")
     if not tracking_uri.strip():
@@ -80,8 +80,7 @@ def _check_render_args(*, name: str, namespace: str, image: str, model_name: str
     if urlsplit(tracking_uri).password:
         raise BadInput("tracking_uri: carries a password; give MLflow credentials through "
                        "the Secret, not the manifest")
-    if not _DNS_SUBDOMAIN.match(secret_name) or len(secret_name) > 253:
-        raise BadInput(f"secret_name: {secret_name!r} must be a DNS-1123 subdomain")
+    kubecheck.dns_subdomain("secret_name", secret_name)
     if canary_percent is not None:
         _check_percent("canary_percent", canary_percent)
     if gpus < 0:
@@ -95,7 +94,7 @@ def _check_render_args(*, name: str, namespace: str, image: str, model_name: str
 POD_BIND_HOST = "0.0.0.0"  # inside a pod only; see _env
 
 
-def _env(*, model_name: str, version: str, tracking_uri: str,
+def server_env(*, model_name: str, version: str, tracking_uri: str,
          secret_name: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         # The server binds 127.0.0.1 unless told otherwise. In a pod it must listen on the
@@ -131,10 +130,10 @@ def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
             "failureThreshold": failures, "timeoutSeconds": 2}
 
 
-def _container(*, image: str, env: list[dict[str, Any]], cpu: str, memory: str,
-               gpus: int) -> dict[str, Any]:
+def server_container(*, image: str, env: list[dict[str, Any]], cpu: str, memory: str,
+                     gpus: int, name: str = CONTAINER) -> dict[str, Any]:
     return {
-        "name": CONTAINER,
+        "name": name,
         "image": image,
         "command": ["python", "-m", "serving"],
         # Knative allows one port; its name picks the protocol (HTTP/1.1).
@@ -156,11 +155,11 @@ def render_inference_service(*, name: str, namespace: str, image: str, model_nam
                              memory: str = "4Gi", gpus: int = 0, min_replicas: int = 1,
                              max_replicas: int = 4) -> dict:
     """The InferenceService that serves exactly `version` of `model_name` from our image."""
-    _check_render_args(name=name, namespace=namespace, image=image, model_name=model_name,
+    check_server_args(name=name, namespace=namespace, image=image, model_name=model_name,
                        version=version, tracking_uri=tracking_uri, secret_name=secret_name,
-                       canary_percent=canary_percent, gpus=gpus, min_replicas=min_replicas,
-                       max_replicas=max_replicas)
-    env = _env(model_name=model_name, version=version, tracking_uri=tracking_uri,
+                       canary_percent=canary_percent, cpu=cpu, memory=memory, gpus=gpus,
+                       min_replicas=min_replicas, max_replicas=max_replicas)
+    env = server_env(model_name=model_name, version=version, tracking_uri=tracking_uri,
                secret_name=secret_name)
     predictor: dict[str, Any] = {
         "minReplicas": min_replicas,
@@ -169,7 +168,14 @@ def render_inference_service(*, name: str, namespace: str, image: str, model_nam
         "labels": {VERSION_LABEL: version},
         "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORT),
                         "prometheus.io/path": "/metrics"},
-        "containers": [_container(image=image, env=env, cpu=cpu, memory=memory, gpus=gpus)],
+        # Scale on CPU use (Knative's HPA class under Serverless, an HPA in raw mode) rather
+        # than Knative's default request concurrency: a generating request holds its slot
+        # for seconds, so concurrency says little about load. GPU servers: see
+        # tasks/rollout/deployment.py (an HPA on the GPU-utilisation metric).
+        "scaleMetric": "cpu",
+        "scaleTarget": CPU_TARGET_PERCENT,
+        "containers": [server_container(image=image, env=env, cpu=cpu, memory=memory,
+                                        gpus=gpus)],
     }
     if canary_percent is not None:
         predictor["canaryTrafficPercent"] = canary_percent

@@ -9,6 +9,7 @@ import shutil
 from typing import Any
 
 from tasks.config import LifecycleConfig
+from tasks.kube import MPI_HOSTFILE_ENV
 from tasks.runner import StageFailed, localize, run_command
 from tasks.stage import StageContext, write_json
 from tasks.threads import THREAD_VARS
@@ -17,19 +18,28 @@ from tasks.train.worker import rank_file, run_worker
 
 log = logging.getLogger(__name__)
 WORKER = ["-m", "tasks.train.worker", "--config"]
+# Set by Kubeflow Trainer's torch runtime on every node of a TrainJob; torchrun reads them.
+NODES_ENV, NODE_RANK_ENV = "PET_NNODES", "PET_NODE_RANK"
 
 
-def launcher_argv(cfg: LifecycleConfig, payload_path: str, hostfile: str | None = None
-                  ) -> list[str]:
-    """The command that starts every worker of one node, or with a hostfile (an MPIJob's
-    launcher) of every node, where horovodrun picks MPI when the image has it."""
+def launcher_argv(cfg: LifecycleConfig, payload_path: str, hostfile: str | None = None,
+                  multi_node: bool = False) -> list[str]:
+    """The command that starts every worker of one node; with a hostfile (an MPIJob's
+    launcher) horovodrun starts every node's, and with multi_node (a TrainJob's node) torchrun
+    joins the other nodes through the runtime's PET_* variables (nnodes, node rank, master)."""
     n = cfg.world_size
     if cfg.launcher == "horovod":
         hosts = ["--hostfile", hostfile] if hostfile else ["-H", f"localhost:{n}", "--gloo"]
         return ["horovodrun", "-np", str(n), *hosts, "python", *WORKER, payload_path]
     if cfg.launcher in ("ddp", "fsdp"):
-        return ["torchrun", "--standalone", f"--nproc_per_node={n}", *WORKER, payload_path]
+        where = [] if multi_node else ["--standalone"]
+        return ["torchrun", *where, f"--nproc_per_node={cfg.workers}", *WORKER, payload_path]
     return ["python", *WORKER, payload_path]
+
+
+def node_rank() -> int:
+    """This node's rank in a multi-node TrainJob (0 everywhere else)."""
+    return int(os.environ.get(NODE_RANK_ENV, "0"))
 
 
 def thread_env(workers: int) -> dict[str, str]:
@@ -55,16 +65,25 @@ def collect(ctx: StageContext) -> dict[str, Any]:
     return results[0]
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any] | None:
+    """Train; None on a TrainJob's other nodes, whose ranks node 0 collects."""
     cfg = ctx.config
-    # Rank results of an earlier attempt must not pass for this attempt's.
-    shutil.rmtree(ctx.stage_dir / "ranks", ignore_errors=True)
+    multi_node = int(os.environ.get(NODES_ENV, "1")) > 1
+    if node_rank() == 0:
+        # Rank results of an earlier attempt must not pass for this attempt's. Other nodes
+        # leave them alone: node 0's ranks may already be writing theirs.
+        shutil.rmtree(ctx.stage_dir / "ranks", ignore_errors=True)
     if cfg.launcher == "single":
         run_worker(ctx, Backend())
     else:
         payload = write_json(ctx.payload_path, ctx.to_payload())
-        run_command(localize(launcher_argv(cfg, str(payload))), label=f"{cfg.launcher} workers",
-                    env=thread_env(cfg.world_size) | ctx.settings.to_env())
+        argv = launcher_argv(cfg, str(payload), hostfile=os.environ.get(MPI_HOSTFILE_ENV),
+                             multi_node=multi_node)
+        run_command(localize(argv), label=f"{cfg.launcher} workers",
+                    env=thread_env(cfg.workers) | ctx.settings.to_env())
+    if node_rank() != 0:
+        log.info("node %d: workers finished; node 0 collects the result", node_rank())
+        return None
     result = collect(ctx)
     log.info("trained %d parameters on %d %s worker(s): val perplexity %.1f (untrained %.1f)",
              result["parameters"], result["workers"], result["launcher"],

@@ -115,11 +115,16 @@ print(json.dumps({"seconds": time.perf_counter() - t, "heavy": sorted(
 """
 
 
+@pytest.mark.parametrize("on_kubernetes", [False, True], ids=["laptop", "kubernetes"])
 @pytest.mark.parametrize("dag_file", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)
-def test_parse_is_fast_and_touches_no_variable_connection_or_database(dag_file: Path, tmp_path):
+def test_parse_is_fast_and_touches_no_variable_connection_or_database(dag_file: Path, tmp_path,
+                                                                      on_kubernetes: bool):
     env = {"PATH": "/usr/bin:/bin", "AIRFLOW_HOME": str(tmp_path),
            # A database URL that cannot be opened: any parse-time query would fail loudly.
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/missing/dir/db"}
+    if on_kubernetes:  # the pod tasks' operator is imported at parse time then
+        (tmp_path / "kubernetes.json").write_text("{}")
+        env["AIGC_KUBERNETES_CONFIG"] = str(tmp_path / "kubernetes.json")
     out = subprocess.run([sys.executable, "-c", PARSE_PROBE, str(dag_file)], env=env,
                          capture_output=True, text=True, timeout=120, check=True)
     probe = json.loads(out.stdout.strip().splitlines()[-1])
@@ -145,3 +150,63 @@ def test_deployment_defaults_set_the_params_of_unconfigured_runs(defaults, expec
         assert result == {"errors": [], "params": expected}
     else:
         assert result["params"] is None and expected in result["errors"][0]
+
+
+K8S_PROBE = """
+import json, time
+t = time.perf_counter()
+from airflow.dag_processing.dagbag import DagBag
+b = DagBag(dag_folder=%r)
+d = b.dags.get("aigc_lifecycle")
+print(json.dumps({"errors": [str(e) for e in b.import_errors.values()],
+                  "graph": d and {t.task_id: sorted(t.upstream_task_ids) for t in d.tasks},
+                  "kinds": d and {t.task_id: type(t).__name__ for t in d.tasks},
+                  "deferrable": d and d.get_task("train").deferrable,
+                  "target": d and d.params["compute_target"]}))
+"""
+
+
+def _dagbag_with(settings: dict, tmp_path: Path) -> dict:
+    path = tmp_path / "kubernetes.json"
+    path.write_text(json.dumps(settings))
+    env = os.environ | {"AIGC_KUBERNETES_CONFIG": str(path), "AIRFLOW_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", K8S_PROBE % str(DAGS / "aigc_lifecycle.py")],
+                         env=env, capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_on_kubernetes_the_heavy_stages_are_pod_tasks_in_the_same_graph(tmp_path):
+    """One DAG file: the deployment's settings turn train and compress into pod tasks (same
+    place in the graph), deferrable, and the form offers compute_target=kubernetes."""
+    probe = _dagbag_with({"namespace": "ml"}, tmp_path)
+    assert probe["errors"] == [] and probe["graph"] == EXPECTED_UPSTREAM
+    pods = {t for t, kind in probe["kinds"].items() if kind == "StagePodOperator"}
+    assert pods == {"train", "compress"}
+    assert probe["deferrable"] is True and probe["target"] == "kubernetes"
+
+
+def test_a_bad_cluster_setting_fails_the_dag_import_naming_it(tmp_path):
+    probe = _dagbag_with({"memory": "8GB"}, tmp_path)
+    assert probe["graph"] is None
+    assert "Kubernetes setting memory: '8GB' is not a Kubernetes quantity" in probe["errors"][0]
+
+
+@pytest.mark.parametrize(("on_kubernetes", "target", "refused"), [
+    (False, "kubernetes", True), (True, "local", True), (False, "local", False),
+    (True, "kubernetes", False)])
+def test_compute_target_must_be_what_the_deployment_offers(monkeypatch, tmp_path,
+                                                           on_kubernetes, target, refused):
+    from aigc_airflow.stages import context_config
+
+    from tasks.errors import ConfigError
+
+    if on_kubernetes:
+        (tmp_path / "k.json").write_text("{}")
+        monkeypatch.setenv("AIGC_KUBERNETES_CONFIG", str(tmp_path / "k.json"))
+    else:
+        monkeypatch.delenv("AIGC_KUBERNETES_CONFIG", raising=False)
+    if refused:
+        with pytest.raises(ConfigError, match=f"^compute_target: '{target}' is not offered"):
+            context_config({}, {"compute_target": target})
+    else:
+        assert context_config({}, {"compute_target": target}).compute_target == target

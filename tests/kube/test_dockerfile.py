@@ -136,3 +136,19 @@ def test_server_cmd_port_and_healthcheck():
     command = json.loads(check.split(" CMD ", 1)[1])
     assert command[:2] == ["python", "-c"]
     assert "urllib.request.urlopen" in command[2] and "/healthz" in command[2]
+
+
+# The Airflow image of a Kubernetes deployment (docker/airflow/Dockerfile).
+AIRFLOW_DOCKERFILE = (PROJECT_ROOT / "docker" / "airflow" / "Dockerfile").read_text()
+
+
+def test_airflow_image_pins_torch_and_airflow_and_copies_what_exists():
+    pinned = re.search(r"^torch==(\S+)", REQUIREMENTS, re.M).group(1)
+    airflow = re.search(r"^apache-airflow==(\S+)", REQUIREMENTS, re.M).group(1)
+    assert f"torch=={pinned}" in AIRFLOW_DOCKERFILE
+    assert f"ARG AIRFLOW_VERSION={airflow}" in AIRFLOW_DOCKERFILE
+    for src in re.findall(r"^COPY (?:--chown=\S+ )?(.+) \S+$", AIRFLOW_DOCKERFILE, re.M):
+        for path in src.split():
+            assert (PROJECT_ROOT / path).exists(), path
+    # Its DAGs build pod tasks: the image names its cluster settings.
+    assert "AIGC_KUBERNETES_CONFIG=" in AIRFLOW_DOCKERFILE

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
@@ -19,10 +18,11 @@ from tasks.rollout.kserve import (
     served_version,
 )
 from tasks.rollout.policy import Action, CanaryPolicy
+from tests.kube.crds import ISVC
 from tests.rollout.scripted import Traffic
 
 K8S_VERSION = "1.33.0"
-SCHEMA = json.loads(Path(__file__).with_name("inferenceservice_v1beta1.schema.json").read_text())
+SCHEMA = ISVC.schema()
 SECRET_VALUES = ("client-key-1", "client-key-2", "admin-key-xyz")
 BASE = dict(name="aigc-gpt2", namespace="aigc", image="registry.local/aigc-server:0.1.0",
             model_name="aigc-gpt2", version="3", tracking_uri="http://mlflow.aigc:5000",
@@ -115,6 +115,7 @@ def test_gpu_limit_only_when_gpus_are_asked_for(gpus):
     ({"canary_percent": True}, "canary_percent"),
     ({"version": ""}, "version"), ({"version": "3 "}, "version"),
     ({"secret_name": "Bad_Secret"}, "secret_name"), ({"image": " "}, "image"),
+    ({"cpu": "2 cores"}, "cpu"), ({"memory": "8GB"}, "memory"), ({"memory": "0"}, "memory"),
     ({"gpus": -1}, "gpus"), ({"min_replicas": -1}, "min_replicas"),
     ({"min_replicas": 3, "max_replicas": 2}, "max_replicas"),
 ])

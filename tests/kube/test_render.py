@@ -5,22 +5,29 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
 import pytest
-from aigc_airflow.kube import pod_operator, run_mpijob
+from aigc_airflow.kube import StagePodOperator
 from kubernetes.client import ApiClient
 
 from tasks.config import LifecycleConfig
-from tasks.kube import KubernetesSettings, MPIJobFailed, job_name, mpijob_manifest
+from tasks.kube import (
+    KubernetesSettings,
+    job_for,
+    job_name,
+    job_outcome,
+    mpijob_manifest,
+    trainjob_manifest,
+)
 from tasks.runner import localize, stage_argv
 from tasks.stage import RESULT_FILE, StageContext, write_json
 from tests.conftest import TINY, isolated_settings, train_context
+from tests.kube.crds import MPIJOB, TRAINJOB
 
 K8S_VERSION = "1.33.0"
-SCHEMA = json.loads(Path(__file__).with_name("mpijob_v2beta1.schema.json").read_text())
+SCHEMAS = {kind.kind: kind.schema() for kind in (MPIJOB, TRAINJOB)}
 SETTINGS = {
     "cpu-only": KubernetesSettings(),
     "one-gpu": KubernetesSettings(
@@ -43,9 +50,12 @@ def _validate_core(obj: dict) -> None:
     kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
+def _operator(ctx, settings) -> StagePodOperator:
+    return StagePodOperator(stage=ctx.stage, settings=settings)
+
+
 def _render_pod(ctx, settings) -> dict:
-    pod = pod_operator(ctx, settings).build_pod_request_obj(dry_run=True)
-    return ApiClient().sanitize_for_serialization(pod)
+    return ApiClient().sanitize_for_serialization(_operator(ctx, settings).render(ctx))
 
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))
@@ -87,12 +97,15 @@ def test_compress_runs_as_a_gpu_pod_with_its_own_command(tmp_path):
     assert obj["metadata"]["labels"]["aigc/stage"] == "compress"
 
 
-def test_pod_operator_is_retry_safe_and_keeps_failures(tmp_path):
-    op = pod_operator(_ctx(tmp_path), SETTINGS["one-gpu"])
-    assert op.reattach_on_restart is True
+def test_pod_operator_is_durable_deferrable_and_keeps_failures(tmp_path):
+    op = _operator(_ctx(tmp_path), SETTINGS["one-gpu"])
+    assert op.durable is True and op.deferrable is True
     assert op.on_finish_action.value == "delete_succeeded_pod"
+    assert op.on_kill_action.value == "delete_pod"
     assert op.startup_timeout_seconds == 600 and op.schedule_timeout_seconds == 1800
+    assert op.termination_grace_period == 120
     assert job_name(_ctx(tmp_path)) == job_name(_ctx(tmp_path))
+    assert job_name(_ctx(tmp_path)) != job_name(_ctx(tmp_path, stage="compress"))
 
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))
@@ -101,13 +114,13 @@ def test_mpijob_renders_and_validates(tmp_path, name, nodes):
     settings = SETTINGS[name]
     ctx = _ctx(tmp_path, nodes=nodes, workers=2)
     job = mpijob_manifest(ctx, settings)
-    jsonschema.validate(job, SCHEMA)
+    jsonschema.validate(job, SCHEMAS["MPIJob"])
     specs = job["spec"]["mpiReplicaSpecs"]
     assert specs["Worker"]["replicas"] == nodes and specs["Launcher"]["replicas"] == 1
     assert job["spec"]["slotsPerWorker"] == 2
+    # The launcher runs the stage itself: its horovodrun reads the operator's hostfile.
     launcher_cmd = specs["Launcher"]["template"]["spec"]["containers"][0]["command"]
-    assert launcher_cmd[:5] == ["horovodrun", "-np", str(2 * nodes), "--hostfile",
-                                "/etc/mpi/hostfile"]
+    assert launcher_cmd == stage_argv("train", str(ctx.stage_dir / "payload.json"))
     for role, spec in specs.items():
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": f"{job['metadata']['name']}-{role.lower()}",
@@ -119,12 +132,45 @@ def test_mpijob_renders_and_validates(tmp_path, name, nodes):
                                           if settings.gpus_per_worker else None)
 
 
-def test_multi_node_needs_horovod_on_kubernetes():
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+@pytest.mark.parametrize("launcher", ["ddp", "fsdp"])
+def test_trainjob_renders_and_validates(tmp_path, name, launcher):
+    settings = SETTINGS[name]
+    ctx = _ctx(tmp_path, nodes=2, workers=2, launcher=launcher)
+    kind, job = job_for(ctx, settings)
+    assert kind.kind == "TrainJob" and job == trainjob_manifest(ctx, settings)
+    jsonschema.validate(job, SCHEMAS["TrainJob"])
+    trainer = job["spec"]["trainer"]
+    assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 2
+    assert trainer["command"] == stage_argv("train", str(ctx.stage_dir / "payload.json"))
+    assert not {e["name"] for e in trainer["env"]} & {"PET_NNODES", "PET_NODE_RANK"}
+    assert trainer["resourcesPerNode"] == settings.resources()
+
+
+def test_job_outcome_reads_each_kind_s_final_condition(tmp_path):
+    from tasks.kube import MPIJOB as MPI
+    from tasks.kube import TRAINJOB as TORCH
+
+    def job(*conditions):
+        return {"status": {"conditions": [dict(type=t, status=s, reason="R", message="m")
+                                          for t, s in conditions]}}
+
+    assert job_outcome(MPI, job(("Running", "True"))) is None
+    assert job_outcome(MPI, job(("Running", "False"), ("Succeeded", "True"))) == "succeeded"
+    assert job_outcome(TORCH, job(("Complete", "True"))) == "succeeded"
+    assert job_outcome(TORCH, job(("Succeeded", "True"))) is None  # not a TrainJob condition
+    assert job_outcome(TORCH, job(("Failed", "True"))) == "failed: R: m"
+
+
+def test_multi_node_needs_kubernetes_and_a_distributed_launcher():
     with pytest.raises(ValueError, match="^nodes:"):
-        LifecycleConfig.from_dict(TINY | {"nodes": 2, "launcher": "ddp",
+        LifecycleConfig.from_dict(TINY | {"nodes": 2, "launcher": "single",
                                           "compute_target": "kubernetes"})
     with pytest.raises(ValueError, match="^nodes:"):
         LifecycleConfig.from_dict(TINY | {"nodes": 2})
+    for launcher in ("horovod", "ddp", "fsdp"):
+        LifecycleConfig.from_dict(TINY | {"nodes": 2, "launcher": launcher,
+                                          "compute_target": "kubernetes"})
 
 
 def test_settings_file_with_unknown_key_is_named(tmp_path, monkeypatch):
@@ -153,67 +199,19 @@ def test_local_runner_executes_the_rendered_pod_command(prepared):
 
 
 def test_local_runner_executes_the_rendered_mpijob_launcher(prepared, tmp_path):
-    """The launcher's horovodrun over a two-'node' hostfile (both slots on this machine)."""
+    """The launcher's `python -m tasks train` with a two-'node' hostfile (both slots on this
+    machine), as mpi-operator names it: horovodrun starts both ranks, the stage collects."""
     ctx = _prepared_ctx(prepared, launcher="horovod", workers=1, nodes=2)
     job = mpijob_manifest(ctx, SETTINGS["cpu-only"])
     container = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=2\n")
-    command = [str(hostfile) if a == "/etc/mpi/hostfile" else a for a in container["command"]]
     write_json(ctx.stage_dir / "payload.json", ctx.to_payload())
-    env = os.environ | {e["name"]: e["value"] for e in container["env"]}
-    subprocess.run(localize(command), env=env, check=True, timeout=600, capture_output=True)
+    env = os.environ | {e["name"]: e["value"] for e in container["env"]} | {
+        "OMPI_MCA_orte_default_hostfile": str(hostfile)}
+    subprocess.run(localize(container["command"]), env=env, check=True, timeout=600,
+                   capture_output=True)
     ranks = sorted(p.name for p in (ctx.stage_dir / "ranks").iterdir())
     assert ranks == ["rank-0.json", "rank-1.json"]
-
-
-class FakeCustomObjects:
-    """A stand-in for the cluster's CustomObjectsApi: the one thing that cannot run here."""
-
-    def __init__(self, statuses: list[dict], exists: bool = False, on_done=None):
-        self.statuses, self.exists, self.on_done = statuses, exists, on_done
-        self.created: list[dict] = []
-
-    def create_namespaced_custom_object(self, *, namespace, body, **kind):
-        if self.exists:
-            error = RuntimeError("AlreadyExists")
-            error.status = 409
-            raise error
-        self.created.append(body)
-
-    def get_namespaced_custom_object(self, *, namespace, name, **kind):
-        status = self.statuses.pop(0)
-        if not self.statuses and self.on_done:
-            self.on_done()
-        return {"metadata": {"name": name}, "status": status}
-
-
-def _succeeded_cond():
-    return {"conditions": [{"type": "Running", "status": "False"},
-                           {"type": "Succeeded", "status": "True", "reason": "MPIJobSucceeded"}]}
-
-
-def test_mpijob_submit_waits_for_success_and_reads_the_result(tmp_path):
-    ctx = _ctx(tmp_path, nodes=2)
-    settings = KubernetesSettings(mpijob_poll_seconds=0)
-    api = FakeCustomObjects(
-        [{}, {"conditions": [{"type": "Running", "status": "True"}]}, _succeeded_cond()],
-        on_done=lambda: write_json(ctx.stage_dir / RESULT_FILE, {"val_loss": 1.0}))
-    assert run_mpijob(ctx, settings, api) == {"val_loss": 1.0}
-    assert len(api.created) == 1 and api.created[0]["metadata"]["name"] == job_name(ctx)
-
-
-def test_mpijob_retry_reattaches_instead_of_duplicating(tmp_path):
-    ctx = _ctx(tmp_path, nodes=2)
-    api = FakeCustomObjects([_succeeded_cond()], exists=True,
-                            on_done=lambda: write_json(ctx.stage_dir / RESULT_FILE, {"ok": 1}))
-    assert run_mpijob(ctx, KubernetesSettings(mpijob_poll_seconds=0), api) == {"ok": 1}
-    assert api.created == []
-
-
-def test_mpijob_failure_maps_to_a_failed_task_with_the_reason(tmp_path):
-    ctx = _ctx(tmp_path, nodes=2)
-    failed = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                              "message": "worker-1 OOMKilled"}]}
-    with pytest.raises(MPIJobFailed, match="BackoffLimitExceeded: worker-1 OOMKilled"):
-        run_mpijob(ctx, KubernetesSettings(mpijob_poll_seconds=0), FakeCustomObjects([failed]))
+    result = json.loads((ctx.stage_dir / RESULT_FILE).read_text())
+    assert result["launcher"] == "horovod" and result["workers"] == 2
