@@ -19,9 +19,20 @@ from tasks.runner import stage_argv
 from tasks.stage import StageContext
 
 SETTINGS_ENV = "AIGC_KUBERNETES_CONFIG"
-# mpi-operator names the hostfile it mounts in the launcher (/etc/mpi/hostfile) here (OpenMPI).
+# mpi-operator names the hostfile it mounts in the launcher (/etc/mpi/hostfile) here (OpenMPI),
+# and marks the launcher's role: only there does the train stage use the hostfile.
 MPI_HOSTFILE_ENV = "OMPI_MCA_orte_default_hostfile"
+MPI_ROLE_ENV = "K_MPI_JOB_ROLE"
+
+
+def mpi_hostfile() -> str | None:
+    """The hostfile of an MPIJob's launcher; None anywhere else (an HPC login node may set
+    the OpenMPI variable for its own reasons)."""
+    if os.environ.get(MPI_ROLE_ENV) != "launcher":
+        return None
+    return os.environ.get(MPI_HOSTFILE_ENV)
 FINISH_ACTIONS = ("delete_pod", "delete_succeeded_pod", "keep_pod")
+TRAIN_TIMEOUT_SECONDS = 6 * 3600  # the train task's execution_timeout (dags/aigc_lifecycle.py)
 
 
 @dataclass(frozen=True)
@@ -63,17 +74,21 @@ class KubernetesSettings:
             raise ConfigError(f"Kubernetes setting {exc}") from None
 
     def _check(self) -> None:
+        kinds = {"int": int, "str": str, "bool": bool, "dict[str, str]": dict,
+                 "list[dict[str, Any]]": list}
         for f in fields(self):
             value = getattr(self, f.name)
-            expected = {"int": int, "str": str, "bool": bool}.get(str(f.type))
-            if expected and (type(value) is not expected):
+            if type(value) is not kinds[str(f.type)]:
                 raise BadInput(f"{f.name}: {value!r} must be a {f.type}")
+        for i, tol in enumerate(self.tolerations):
+            if not isinstance(tol, dict):
+                raise BadInput(f"tolerations[{i}]: {tol!r} must be an object")
         kubecheck.dns_label("namespace", self.namespace)
         kubecheck.image("image", self.image)
         kubecheck.one_of("image_pull_policy", self.image_pull_policy, kubecheck.PULL_POLICIES)
         kubecheck.dns_subdomain("service_account", self.service_account)
         kubecheck.dns_subdomain("artifact_pvc", self.artifact_pvc)
-        kubecheck.qualified_name("gpu_resource", self.gpu_resource)
+        kubecheck.extended_resource("gpu_resource", self.gpu_resource)
         kubecheck.quantity("cpu", self.cpu)
         kubecheck.quantity("memory", self.memory)
         kubecheck.node_selector("node_selector", self.node_selector)
@@ -100,6 +115,11 @@ class KubernetesSettings:
         if unknown:
             raise ConfigError(f"{unknown[0]}: unknown Kubernetes setting in {path}")
         return cls(**data)
+
+    def job_deadline_seconds(self) -> int:
+        """A job's own deadline: scheduling plus the train task's longest run (6 h), so a job
+        whose task is gone cannot hold its nodes for ever."""
+        return self.schedule_timeout_seconds + TRAIN_TIMEOUT_SECONDS
 
     def resources(self) -> dict[str, dict[str, str]]:
         """Requests equal limits (Guaranteed QoS); the server refuses a GPU request that
@@ -202,8 +222,7 @@ def mpijob_manifest(ctx: StageContext, settings: KubernetesSettings) -> dict[str
         "spec": {
             "slotsPerWorker": cfg.workers,
             "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": 0,
-                          "activeDeadlineSeconds": settings.schedule_timeout_seconds
-                          + 6 * 3600},
+                          "activeDeadlineSeconds": settings.job_deadline_seconds()},
             "mpiImplementation": "OpenMPI",
             # horovodrun needs every worker's sshd up before it starts.
             "launcherCreationPolicy": "WaitForWorkersReady",
@@ -246,7 +265,7 @@ def trainjob_manifest(ctx: StageContext, settings: KubernetesSettings) -> dict[s
                 "numNodes": ctx.config.nodes, "numProcPerNode": ctx.config.workers,
                 "resourcesPerNode": settings.resources(),
             },
-            "activeDeadlineSeconds": settings.schedule_timeout_seconds + 6 * 3600,
+            "activeDeadlineSeconds": settings.job_deadline_seconds(),
             "runtimePatches": [{
                 "manager": PATCH_MANAGER,
                 "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [node_job]}}},
@@ -281,10 +300,6 @@ def job_for(ctx: StageContext, settings: KubernetesSettings) -> tuple[JobKind, d
     if ctx.config.launcher == "horovod":
         return MPIJOB, mpijob_manifest(ctx, settings)
     return TRAINJOB, trainjob_manifest(ctx, settings)
-
-
-class JobFailed(RuntimeError):
-    """The job ended Failed; the message carries the operator's reason and message."""
 
 
 def job_outcome(kind: JobKind, job: dict[str, Any]) -> str | None:

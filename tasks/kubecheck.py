@@ -18,7 +18,8 @@ LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 # resource.Quantity: a signed decimal with a binary (Ki..Ei), decimal (m, k..E) or exponent
 # suffix. "8GB" and "2 cores" are what people write, and what the server refuses.
-_QUANTITY = re.compile(r"^\+?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
+_QUANTITY = re.compile(
+    r"^\+?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 TOLERATION_OPERATORS = ("Exists", "Equal")
 TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -49,12 +50,22 @@ def qualified_name(field: str, value: str) -> None:
     """Label keys and extended resource names: an optional DNS prefix, '/', a short name."""
     if not isinstance(value, str) or not value:
         raise BadInput(f"{field}: {value!r} must be a non-empty label key")
-    prefix, _, name = value.rpartition("/")
-    if prefix:
+    prefix, slash, name = value.rpartition("/")
+    if slash:
         dns_subdomain(field, prefix)
     if not _QUALIFIED_NAME.match(name) or len(name) > 63:
         raise BadInput(f"{field}: {value!r} is not a valid key ([prefix/]name, the name "
                        "alphanumeric with '-', '_', '.', <= 63 characters)")
+
+
+def extended_resource(field: str, value: str) -> None:
+    """A device resource (nvidia.com/gpu): a domain-prefixed name outside kubernetes.io."""
+    qualified_name(field, value)
+    prefix = value.rpartition("/")[0]
+    if not prefix or prefix == "kubernetes.io" or prefix.endswith(".kubernetes.io") \
+            or value.startswith("requests."):
+        raise BadInput(f"{field}: {value!r} must be an extended resource name with a domain "
+                       "of its own (e.g. nvidia.com/gpu)")
 
 
 def quantity(field: str, value: str, *, positive: bool = True) -> None:
@@ -86,9 +97,9 @@ def toleration(field: str, tol: Mapping[str, object]) -> None:
     """The server's rules for a toleration (pkg/apis/core/validation, 1.20 to today)."""
     if unknown := sorted(set(tol) - _TOLERATION_KEYS):
         raise BadInput(f"{field}.{unknown[0]}: unknown toleration field")
-    operator = tol.get("operator", "Equal")
+    operator = tol.get("operator") or "Equal"  # empty means Equal to the server
     one_of(f"{field}.operator", operator, TOLERATION_OPERATORS)
-    one_of(f"{field}.effect", tol.get("effect", ""), TOLERATION_EFFECTS)
+    one_of(f"{field}.effect", tol.get("effect") or "", TOLERATION_EFFECTS)
     key, value = tol.get("key", ""), tol.get("value", "")
     if key:
         qualified_name(f"{field}.key", key)
@@ -97,7 +108,7 @@ def toleration(field: str, tol: Mapping[str, object]) -> None:
     if operator == "Exists" and value:
         raise BadInput(f"{field}.value: must be empty when operator is 'Exists'")
     label_value(f"{field}.value", value)
-    if "tolerationSeconds" in tol:
+    if tol.get("tolerationSeconds") is not None:  # null means unset to the server
         seconds = tol["tolerationSeconds"]
         if tol.get("effect") != "NoExecute":
             raise BadInput(f"{field}.tolerationSeconds: only with effect 'NoExecute'")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
+import hashlib
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -11,9 +12,10 @@ from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchFailedException
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from tasks.errors import EXIT_BAD_INPUT, BadInput
 from tasks.kube import (
     MPIJOB,
     TRAINJOB,
@@ -29,13 +31,16 @@ from tasks.kube import (
 from tasks.stage import RESULT_FILE, StageContext
 
 ACTIVE = ("Pending", "Running")
+# On a job: the hash of the manifest it was made from. A retry takes a finished job's result
+# only when it would submit the very same job (same image, settings, payload path).
+MANIFEST_ANNOTATION = "aigc/manifest-sha256"
 # A watch outlives the task's own deadline by this much before Airflow's backstop fires.
 DEFER_SLACK = timedelta(minutes=2)
 KINDS = {k.kind: k for k in (MPIJOB, TRAINJOB)}
 
 
 class StageResultMissing(AirflowException):
-    """The pod or job succeeded but left no result.json: nothing to hand downstream."""
+    """The pod or job left no result.json: nothing to hand downstream."""
 
 
 class StagePodOperator(KubernetesPodOperator):
@@ -44,7 +49,9 @@ class StagePodOperator(KubernetesPodOperator):
     the task's XCom.
 
     Retries never start a second pod or job for the same stage: an unfinished one is
-    reattached (also after the monitoring itself failed), a finished one's result is taken.
+    reattached (also after the task's watch itself failed); one that finished this very
+    payload while no task watched it gives its result. Bad input (a config error, a stage
+    exiting with EXIT_BAD_INPUT) fails the task without retries, as locally.
     """
 
     template_fields = (*KubernetesPodOperator.template_fields, "stage_inputs")
@@ -57,7 +64,6 @@ class StagePodOperator(KubernetesPodOperator):
             namespace=settings.namespace,
             image=settings.image,
             name=f"aigc-{stage}",
-            labels={"app.kubernetes.io/part-of": "aigc-lifecycle", "aigc/stage": stage},
             durable=True,
             on_finish_action=settings.on_finish_action,
             on_kill_action="delete_pod",
@@ -81,13 +87,17 @@ class StagePodOperator(KubernetesPodOperator):
     def _stage_context(self, context: Any) -> StageContext:
         from aigc_airflow.stages import stage_context
 
-        return stage_context(self.stage, context, dict(self.stage_inputs))
+        try:
+            return stage_context(self.stage, context, dict(self.stage_inputs))
+        except BadInput as exc:
+            # Bad config fails the same way on every retry: fail now, say why.
+            raise AirflowFailException(str(exc)) from exc
 
     def _finish(self, ctx: StageContext, context: Any) -> dict[str, Any]:
         path = ctx.stage_dir / RESULT_FILE
         if not path.exists():
-            raise StageResultMissing(f"stage {self.stage}: the pod or job succeeded but wrote "
-                                     f"no {path}")
+            raise StageResultMissing(f"stage {self.stage}: no {path} — the pod or job did not "
+                                     "finish its stage (see its log above)")
         return self._push(ctx.read_result(), context)
 
     @staticmethod
@@ -115,19 +125,23 @@ class StagePodOperator(KubernetesPodOperator):
         if phase in ACTIVE:
             self.log.info("pod %s of an earlier try is %s: reattaching, not starting another",
                           earlier.metadata.name, phase)
-        elif (result := ctx.earlier_result()) is not None:
-            self.log.info("an earlier try ran this very payload to the end: its result is "
-                          "this task's (no new pod)")
-            if earlier is not None:
-                self.process_pod_deletion(earlier, reraise=False)
+            # Watched from here on: the provider would look it up again, and by then it may
+            # have finished and be replaced by a new pod.
+            self.pod = earlier
+        elif phase == "Succeeded" and (result := ctx.earlier_result()) is not None:
+            self.log.info("pod %s of an earlier try ran this very payload to the end while no "
+                          "task watched it: its result is this task's", earlier.metadata.name)
+            self.process_pod_deletion(earlier, reraise=False)
             return self._push(result, context)
         else:
+            if earlier is not None:  # ended without a result for this payload: not reused
+                self.patch_already_checked(earlier, reraise=False)
             ctx.hand_off()
         super().execute(context)  # defers when deferrable: trigger_reentry resumes
         return self._finish(ctx, context)
 
     def trigger_reentry(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
-        # The trigger's own deadline (execution_timeout): the pod goes too.
+        # Timed out (the task's deadline, or a pod that never started): the pod goes too.
         self._stop_pod = event.get("status") == "timeout"
         super().trigger_reentry(context, event)
         return self._finish(self._stage_context(context), context)
@@ -145,8 +159,6 @@ class StagePodOperator(KubernetesPodOperator):
         try:
             super().await_pod_completion(pod)
         except Exception as exc:  # the log stream broke (API, proxy, kubelet): not the pod
-            if not self.get_logs:
-                raise
             self.log.warning("reading the pod's log failed (%s); waiting for it by its status",
                              exc)
             self.pod_manager.await_container_completion(
@@ -175,6 +187,12 @@ class StagePodOperator(KubernetesPodOperator):
                 return None
             self.log.info("deleting pod %s (%s)", current.metadata.name, current.status.phase)
             self.pod_manager.delete_pod(current)
+        if _exit_code(current, self.base_container_name) == EXIT_BAD_INPUT:
+            self.patch_already_checked(current, reraise=False)
+            self.process_pod_deletion(current, reraise=False)
+            raise AirflowFailException(f"stage {self.stage} refused its input (exit code "
+                                       f"{EXIT_BAD_INPUT}); a retry would fail the same way: "
+                                       "see the pod's log above")
         return super().cleanup(pod, current, xcom_result, context)
 
     # -- nodes > 1: a Kubeflow job -----------------------------------------------------
@@ -183,22 +201,24 @@ class StagePodOperator(KubernetesPodOperator):
         name = manifest["metadata"]["name"]
         self._job = (kind, name)
         api = self.hook.custom_object_client
+        manifest["metadata"]["annotations"] = {MANIFEST_ANNOTATION: _digest(manifest)}
         earlier = _get_job(api, kind, self.namespace, name)
         outcome = job_outcome(kind, earlier) if earlier else None
+        same = earlier is not None and earlier["metadata"].get("annotations", {}).get(
+            MANIFEST_ANNOTATION) == manifest["metadata"]["annotations"][MANIFEST_ANNOTATION]
         if earlier and outcome is None:
             self.log.info("%s %s of an earlier try is running: watching it", kind.kind, name)
-        elif (result := ctx.earlier_result()) is not None:
+        elif same and outcome == "succeeded" and (result := ctx.earlier_result()) is not None:
             self.log.info("%s %s of an earlier try ran this very payload to the end: its "
                           "result is this task's", kind.kind, name)
             return self._push(result, context)
         else:
             if earlier:
-                self.log.info("%s %s of an earlier try ended (%s): replacing it", kind.kind,
-                              name, outcome)
-                _delete_job(api, kind, self.namespace, name, wait=True)
+                self.log.info("%s %s of an earlier try ended (%s)%s: replacing it", kind.kind,
+                              name, outcome, "" if same else " from another manifest")
+                _delete_job(api, self.client, kind, self.namespace, name, wait=True)
+            # The stage clears the ranks' files of earlier attempts when it starts.
             ctx.hand_off()
-            # Rank files of an earlier attempt must not pass for this one's.
-            shutil.rmtree(ctx.stage_dir / "ranks", ignore_errors=True)
             api.create_namespaced_custom_object(namespace=self.namespace, body=manifest,
                                                 **kind.api)
             self.log.info("submitted %s %s/%s", kind.kind, self.namespace, name)
@@ -223,7 +243,8 @@ class StagePodOperator(KubernetesPodOperator):
         if event["status"] == "succeeded":
             return self._finish(self._stage_context(context), context)
         if event["status"] == "timeout":
-            _delete_job(self.hook.custom_object_client, kind, event["namespace"], name)
+            _delete_job(self.hook.custom_object_client, self.client, kind, event["namespace"],
+                        name)
         raise AirflowException(f"{kind.kind} {event['namespace']}/{name} "
                                f"{event['message']}")
 
@@ -231,9 +252,8 @@ class StagePodOperator(KubernetesPodOperator):
         if self._job is None:
             return super().on_kill()
         kind, name = self._job
-        self._killed = True
         try:
-            _delete_job(self.hook.custom_object_client, kind, self.namespace, name)
+            _delete_job(self.hook.custom_object_client, self.client, kind, self.namespace, name)
         except Exception:  # noqa: BLE001 - best effort; the log says which job remains
             self.log.exception("could not delete %s %s", kind.kind, name)
         return None
@@ -250,10 +270,22 @@ def _get_job(api: Any, kind: JobKind, namespace: str, name: str) -> dict | None:
         raise
 
 
-def _delete_job(api: Any, kind: JobKind, namespace: str, name: str, *,
+def _exit_code(pod: Any, container: str) -> int | None:
+    for status in (pod.status.container_statuses or []) if pod.status else []:
+        if status.name == container and status.state and status.state.terminated:
+            return status.state.terminated.exit_code
+    return None
+
+
+def _digest(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def _delete_job(api: Any, core: Any, kind: JobKind, namespace: str, name: str, *,
                 wait: bool = False) -> None:
     """Delete the job; its pods follow through their owner references. With wait, return
-    once the name is free for a new job."""
+    once the job and its pods are gone: a replacement must not meet its predecessor's pods
+    (same names, same stage folder)."""
     from kubernetes.client.exceptions import ApiException
 
     try:
@@ -262,10 +294,13 @@ def _delete_job(api: Any, kind: JobKind, namespace: str, name: str, *,
     except ApiException as exc:
         if exc.status != 404:
             raise
-    deadline = time.monotonic() + 120
-    while wait and _get_job(api, kind, namespace, name) is not None:
+    deadline = time.monotonic() + 300
+    while wait and (_get_job(api, kind, namespace, name) is not None or any(
+            p.metadata.name.startswith(f"{name}-")
+            for p in core.list_namespaced_pod(namespace).items)):
         if time.monotonic() > deadline:
-            raise AirflowException(f"{kind.kind} {namespace}/{name} is still being deleted")
+            raise AirflowException(f"{kind.kind} {namespace}/{name} or its pods are still "
+                                   "being deleted")
         time.sleep(1)
 
 
@@ -297,6 +332,7 @@ class JobTrigger(BaseTrigger):
                              "name": self.name, "namespace": self.namespace})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        from aiohttp import ClientError
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
         from kubernetes_asyncio import client
         from kubernetes_asyncio.client.exceptions import ApiException
@@ -311,8 +347,8 @@ class JobTrigger(BaseTrigger):
                 try:
                     job = await api.get_namespaced_custom_object(
                         namespace=self.namespace, name=self.name, **kind.api)
-                except ApiException as exc:
-                    if exc.status == 404:
+                except (ApiException, ClientError, OSError, TimeoutError) as exc:
+                    if getattr(exc, "status", None) == 404:
                         yield self._event("failed", "was deleted before it finished")
                         return
                     # A flaky API is not the job's failure: keep watching until the deadline.
@@ -328,7 +364,8 @@ class JobTrigger(BaseTrigger):
                 await asyncio.sleep(self.poll_seconds)
 
     async def on_kill(self) -> None:
-        """Airflow 3.3 calls this when a deferred task is marked failed or times out."""
+        """Airflow 3.3 calls this when a user kills the deferred task (mark failed, clear);
+        not on the defer timeout, which is why the watch has a deadline of its own."""
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
         from kubernetes_asyncio import client
 

@@ -9,7 +9,7 @@ import shutil
 from typing import Any
 
 from tasks.config import LifecycleConfig
-from tasks.kube import MPI_HOSTFILE_ENV
+from tasks.kube import mpi_hostfile
 from tasks.runner import StageFailed, localize, run_command
 from tasks.stage import StageContext, write_json
 from tasks.threads import THREAD_VARS
@@ -77,7 +77,7 @@ def run(ctx: StageContext) -> dict[str, Any] | None:
         run_worker(ctx, Backend())
     else:
         payload = write_json(ctx.payload_path, ctx.to_payload())
-        argv = launcher_argv(cfg, str(payload), hostfile=os.environ.get(MPI_HOSTFILE_ENV),
+        argv = launcher_argv(cfg, str(payload), hostfile=mpi_hostfile(),
                              multi_node=multi_node)
         run_command(localize(argv), label=f"{cfg.launcher} workers",
                     env=thread_env(cfg.workers) | ctx.settings.to_env())

@@ -439,6 +439,7 @@ class JobControllers:
         self.custom = client.CustomObjectsApi(api)
         self.folder = folder
         self.namespaces: set[str] = set()  # where jobs are run; elsewhere they only exist
+        self._ports: dict[str, int] = {}  # a TrainJob's rendezvous port
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -516,12 +517,35 @@ class JobControllers:
         env = {"OMPI_MCA_orte_default_hostfile": str(hostfile), "K_MPI_JOB_ROLE": "launcher"}
         return {f"{name}-launcher": self._pod(f"{name}-launcher", name, launcher, env)}
 
+    @staticmethod
+    def _patched(template: dict, job: dict) -> dict:
+        """The torch runtime's node pod with the job's runtime patches applied, as Trainer
+        does: pod fields set, the node container's mounts and env merged by name."""
+        for patch in job["spec"].get("runtimePatches", []):
+            runtime = patch.get("trainingRuntimeSpec", {}).get("template", {}).get("spec", {})
+            for replicated in runtime.get("replicatedJobs", []):
+                if replicated["name"] != "node":
+                    continue
+                pod = replicated.get("template", {}).get("spec", {}).get("template", {})
+                labels = pod.get("metadata", {}).get("labels", {})
+                template.setdefault("metadata", {}).setdefault("labels", {}).update(labels)
+                fields = dict(pod.get("spec", {}))
+                for change in fields.pop("containers", []):
+                    for container in template["spec"]["containers"]:
+                        if container["name"] == change["name"]:
+                            for key in ("volumeMounts", "env"):
+                                container[key] = [*container.get(key, []),
+                                                  *change.get(key, [])]
+                template["spec"].update(fields)
+        return template
+
     def _trainjob_pods(self, job: dict) -> dict[str, dict]:
         name, trainer = job["metadata"]["name"], job["spec"]["trainer"]
-        nodes, port = trainer["numNodes"], 29500 + sum(map(ord, name)) % 1000
-        template = {"spec": {"restartPolicy": "Never", "containers": [{
+        nodes, port = trainer["numNodes"], self._ports.setdefault(name, free_port())
+        template = self._patched({"spec": {"restartPolicy": "Never", "containers": [{
             "name": "node", "image": trainer["image"], "command": trainer["command"],
-            "env": trainer.get("env", []), "resources": trainer.get("resourcesPerNode", {})}]}}
+            "env": trainer.get("env", []), "resources": trainer.get("resourcesPerNode", {}),
+        }]}}, job)
         out = {}
         for rank in range(nodes):
             env = {"PET_NNODES": str(nodes), "PET_NPROC_PER_NODE": str(trainer["numProcPerNode"]),

@@ -247,7 +247,7 @@ def scenarios(cluster: Cluster, deployment: Deployment) -> Iterator[dict[str, Fu
 
     plan = {
         # name: (driver, namespace, deferrable, through the switch, conf)
-        "deferrable_pod": (play.run_then_retry, "aigc-pod", True, False, {}),
+        "deferrable_pod": (play.run_only, "aigc-pod", True, False, {}),
         "killed_worker": (play.killed_worker, "aigc-kill", False, False, None),
         "api_lost": (play.api_lost, "aigc-cut", False, True, None),
         "mpijob": (play.run_then_retry, "aigc-mpi", False, False,

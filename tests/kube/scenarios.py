@@ -46,7 +46,7 @@ def _finish(out: Outcome, cluster, scenario, namespace: str) -> Outcome:
 
 
 def run_then_retry(cluster, scenario, namespace: str, conf: dict) -> Outcome:
-    """A run to the end, then a retry of its finished train task."""
+    """A run to the end, then a retry of its finished train task (a job outlives it)."""
     out = Outcome(first=scenario.dags_test(conf))
     out.recorded = scenario.recorded()
     out.run_id = scenario.last_run_id()
@@ -101,7 +101,8 @@ def killed_worker(cluster, scenario, namespace: str) -> Outcome:
 
 def api_lost(cluster, scenario, namespace: str) -> Outcome:
     """The API server becomes unreachable for the task (not for the node) mid-task; the task
-    fails; the API comes back and the task is retried."""
+    fails; its pod finishes while no task watches it; the API comes back and the task is
+    retried."""
     proc, run_id = _watched_running_pod(cluster, scenario, namespace)
     cluster.switch.cut()
     try:
@@ -109,8 +110,11 @@ def api_lost(cluster, scenario, namespace: str) -> Outcome:
     finally:
         cluster.switch.restore()
     left = [p for p in pods(cluster.core, namespace) if p.metadata.deletion_timestamp is None]
+    cluster.node.hold.discard(namespace)
+    wait_for(lambda: all(p.status.phase == "Succeeded" for p in pods(cluster.core, namespace)),
+             timeout=240, what="the unwatched pod finishing")
     out = Outcome(run_id=run_id, first_failed=failed,
-                  retry=_retry_reattached(cluster, scenario, namespace, run_id))
+                  retry=scenario.tasks_test("train", run_id))
     finished = _finish(out, cluster, scenario, namespace)
     finished.live_pods = left  # what the failed attempt left behind
     return finished

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from typing import Any
 
 import pytest
+import yaml
 
 from tasks.config import LifecycleConfig
 from tasks.errors import BadInput
@@ -36,7 +38,7 @@ def contains(sent: Any, stored: Any, path: str = "") -> None:
     if isinstance(sent, dict):
         assert isinstance(stored, dict), f"{path}: {stored!r}"
         for key, value in sent.items():
-            if value in ({}, [], False) and key not in stored:
+            if (value is False or value in ({}, [])) and key not in stored:
                 continue  # empty maps and lists, and false, are stored as absent
             assert key in stored, f"{path}.{key}: dropped by the server (unknown field?)"
             contains(value, stored[key], f"{path}.{key}")
@@ -156,6 +158,7 @@ def _dry_run_create(cluster, obj: dict) -> dict:
     autoscaling/v2beta2 and policy/v1beta1 classes)."""
     group = "api" if "/" not in obj["apiVersion"] else "apis"
     plural = obj["kind"].lower() + ("es" if obj["kind"].endswith("s") else "s")
+    plural = plural.replace("policys", "policies")
     path = f"/{group}/{obj['apiVersion']}/namespaces/{NAMESPACE}/{plural}"
     return cluster.api.call_api(path, "POST", body=obj, query_params=[("dryRun", "All")],
                                 header_params={"Content-Type": "application/json"},
@@ -171,6 +174,28 @@ def test_the_server_deployment_autoscaler_and_budget_are_accepted(cluster, gpus)
     current = render_server_objects(**SERVER, gpus=gpus)
     assert [o["apiVersion"] for o in current] == ["apps/v1", "autoscaling/v2", "policy/v1"]
     assert [o["spec"] for o in current] == [o["spec"] for o in objects]
+
+
+def test_the_rbac_for_training_jobs_is_accepted_and_grants_what_the_task_calls(cluster):
+
+    from tasks.kube import MPIJOB as MPI
+    from tasks.kube import TRAINJOB as TORCH
+    from tasks.settings import PROJECT_ROOT
+
+    objects = list(yaml.safe_load_all(
+        (PROJECT_ROOT / "docker/k8s/airflow/rbac.yaml").read_text()))
+    for obj in objects:
+        contains(obj, _dry_run_create(cluster, obj))
+    [role] = [o for o in objects if o["kind"] == "Role"]
+    granted = {(g, r): set(rule["verbs"]) for rule in role["rules"]
+               for g in rule["apiGroups"] for r in rule["resources"]}
+    for kind in (MPI, TORCH):  # create, read (watch), delete on kill and on replace
+        assert {"create", "get", "delete"} <= granted[(kind.group, kind.plural)]
+    assert "list" in granted[("", "pods")]  # a replaced job's pods are awaited
+    settings = KubernetesSettings(**json.loads(
+        (PROJECT_ROOT / "docker/k8s/airflow/kubernetes.json").read_text()))
+    assert {"ServiceAccount": settings.service_account}.items() <= {
+        o["kind"]: o["metadata"]["name"] for o in objects}.items()
 
 
 # Each bad cluster setting: refused when the settings load (naming it), and refused by the
@@ -225,8 +250,6 @@ def test_any_run_id_becomes_a_label_value_the_server_accepts(cluster):
 def connection(cluster, monkeypatch):
     """Airflow's kubernetes_default connection to the tier-1 server, for operators used
     outside a task."""
-    import json
-
     monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", json.dumps({
         "conn_type": "kubernetes",
         "extra": {"kube_config_path": str(cluster.folder / "direct.yaml")}}))
@@ -287,3 +310,23 @@ def test_a_failed_job_fails_the_task_with_its_reason(cluster, connection, tmp_pa
     asyncio.run(trigger.on_kill())  # a deferred task marked failed: the job goes
     items = cluster.custom.list_namespaced_custom_object(namespace=NAMESPACE, **kind.api)
     assert name not in [j["metadata"]["name"] for j in items["items"]]
+
+
+def test_a_stage_refusing_its_input_fails_the_task_without_retries(cluster, connection,
+                                                                   tmp_path):
+    """A pod whose stage exits with EXIT_BAD_INPUT fails its task for good, as locally."""
+    from aigc_airflow.kube import StagePodOperator
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tasks.errors import EXIT_BAD_INPUT
+
+    namespace = cluster.namespace("aigc-bad-input")
+    op = StagePodOperator(stage="train", settings=KubernetesSettings(namespace=namespace))
+    pod = _sanitized(op.render(_ctx(tmp_path)))
+    pod["spec"]["containers"][0]["command"] = ["python", "-c",
+                                               f"import sys; sys.exit({EXIT_BAD_INPUT})"]
+    made = cluster.core.create_namespaced_pod(namespace, pod)
+    done = wait_for(lambda: (p := cluster.core.read_namespaced_pod(
+        made.metadata.name, namespace)).status.phase == "Failed" and p, what="the pod failing")
+    with pytest.raises(AirflowFailException, match="refused its input"):
+        op.cleanup(done, done)

@@ -49,5 +49,11 @@ def test_ddp_across_nodes_is_a_trainjob_watched_by_the_trigger(cluster, scenario
     name = job["metadata"]["name"]
     # Two nodes of one torchrun job: node 0 collected both ranks, node 1 wrote no result.
     assert out.pods_started == [f"{name}-node-0-0", f"{name}-node-0-1"]
+    # The runtime patch put the artifact volume, account and grace period on the nodes.
+    node = cluster.core.read_namespaced_pod(f"{name}-node-0-1", out.namespace)
+    assert node.spec.service_account_name == "aigc-trainer"
+    assert node.spec.termination_grace_period_seconds == 5
+    assert [v.persistent_volume_claim.claim_name for v in node.spec.volumes
+            if v.persistent_volume_claim] == ["aigc-artifacts"]
     assert out.result["workers"] == 2 and _ranks(out) == ["rank-0.json", "rank-1.json"]
     assert job["status"]["conditions"][-1]["type"] == "Complete"

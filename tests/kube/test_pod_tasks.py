@@ -14,7 +14,7 @@ def _ok(proc) -> None:
 
 def test_deferrable_train_pod_runs_the_stage_and_its_result_is_the_task_xcom(scenarios):
     """The trigger watches the pod (the worker slot is free meanwhile); the task resumes with
-    the stage's result.json as its XCom; a retry of the finished task adds no pod."""
+    the stage's result.json as its XCom; the succeeded pod is deleted."""
     out = outcome(scenarios, "deferrable_pod")
     _ok(out.first)
     text = out.first.stdout + out.first.stderr
@@ -23,11 +23,7 @@ def test_deferrable_train_pod_runs_the_stage_and_its_result_is_the_task_xcom(sce
     assert out.recorded == out.result  # what the downstream task received
     # The stage's own log, streamed from the node through the API server's log proxy.
     assert "tasks.train.launch: trained" in text
-    _ok(out.retry)
-    assert "its result is this task's (no new pod)" in out.retry.stdout + out.retry.stderr
-    train_pods = [p for p in out.pods_started if p.startswith("aigc-train")]
-    assert len(train_pods) == 1 and not [p for p in out.live_pods
-                                         if p.metadata.name in train_pods]
+    assert len(out.pods_started) == 1 and out.live_pods == []
 
 
 def test_a_killed_worker_s_retry_reattaches_to_its_pod_even_without_its_log(scenarios):
@@ -43,12 +39,14 @@ def test_a_killed_worker_s_retry_reattaches_to_its_pod_even_without_its_log(scen
     assert out.result["steps"] == 10
 
 
-def test_after_the_api_failed_mid_task_the_retry_reattaches(scenarios):
+def test_after_the_api_failed_mid_task_the_retry_takes_the_pod_s_result(scenarios):
+    """The attempt that lost its API server fails but leaves its pod running, unlabelled;
+    the pod finishes unwatched; the retry takes its result instead of training again."""
     out = outcome(scenarios, "api_lost")
-    assert out.first_failed  # the attempt lost its API server and failed
-    [left] = out.live_pods  # its pod still runs, unlabelled: the retry may take it over
+    assert out.first_failed
+    [left] = out.live_pods
     assert CHECKED not in (left.metadata.labels or {})
     _ok(out.retry)
-    assert "reattaching, not starting another" in out.retry.stdout + out.retry.stderr
-    assert out.pods_started == [left.metadata.name]
+    assert "while no task watched it: its result is this task's" in out.retry.stdout
+    assert out.pods_started == [left.metadata.name]  # one pod, not two
     assert out.result["steps"] == 10

@@ -208,10 +208,43 @@ def test_local_runner_executes_the_rendered_mpijob_launcher(prepared, tmp_path):
     hostfile.write_text("localhost slots=2\n")
     write_json(ctx.stage_dir / "payload.json", ctx.to_payload())
     env = os.environ | {e["name"]: e["value"] for e in container["env"]} | {
-        "OMPI_MCA_orte_default_hostfile": str(hostfile)}
+        "OMPI_MCA_orte_default_hostfile": str(hostfile), "K_MPI_JOB_ROLE": "launcher"}
     subprocess.run(localize(container["command"]), env=env, check=True, timeout=600,
                    capture_output=True)
     ranks = sorted(p.name for p in (ctx.stage_dir / "ranks").iterdir())
     assert ranks == ["rank-0.json", "rank-1.json"]
     result = json.loads((ctx.stage_dir / RESULT_FILE).read_text())
     assert result["launcher"] == "horovod" and result["workers"] == 2
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("cpu", "0"), ("memory", "-1Gi"), ("artifact_pvc", "artifacts_pvc"),
+    ("gpu_resource", "gpu"), ("gpu_resource", "/gpu"), ("gpu_resource", "kubernetes.io/gpu"),
+    ("node_selector", ["pool=gpu"]), ("tolerations", ["gpu"]), ("gpus_per_worker", "1"),
+    ("tolerations", [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 60}]),
+    ("tolerations", [{"operator": "Equal", "value": "x"}]),
+])
+def test_settings_refuse_what_no_pod_should_get(field, value):
+    """Beyond the server's own rules (tier 1 checks those against it): no zero CPU, claim
+    names the claim itself could have, GPUs as an extended resource, typed values."""
+    with pytest.raises(ValueError, match=f"^Kubernetes setting {field}"):
+        KubernetesSettings(**{field: value})
+
+
+def test_settings_accept_what_the_server_accepts():
+    KubernetesSettings(cpu="250m", memory="1.5Gi", gpu_resource="amd.com/gpu",
+                       tolerations=[{"key": "spot", "operator": "", "value": "true",
+                                     "effect": "NoSchedule", "tolerationSeconds": None},
+                                    {"operator": "Exists"}],
+                       node_selector={"cloud.google.com/gke-spot": "true"})
+    KubernetesSettings(memory="1e9", cpu="100n")
+
+
+def test_the_hostfile_is_used_only_in_an_mpijob_launcher(monkeypatch):
+    from tasks.kube import mpi_hostfile
+
+    monkeypatch.setenv("OMPI_MCA_orte_default_hostfile", "/etc/openmpi/hosts")
+    monkeypatch.delenv("K_MPI_JOB_ROLE", raising=False)
+    assert mpi_hostfile() is None  # e.g. an HPC login node's own OpenMPI setting
+    monkeypatch.setenv("K_MPI_JOB_ROLE", "launcher")
+    assert mpi_hostfile() == "/etc/openmpi/hosts"
