@@ -91,7 +91,9 @@ def check_server_args(*, name: str, namespace: str, image: str, model_name: str,
         raise BadInput(f"max_replicas: {max_replicas} must be >= 1 and >= min_replicas")
 
 
-POD_BIND_HOST = "0.0.0.0"  # inside a pod only; see _env
+# Inside a pod only, through the AIGC_SERVER_HOST setting the rendered manifests pass (see
+# server_env and the README, "Serving and canary rollout"): elsewhere it binds 127.0.0.1.
+POD_BIND_HOST = "0.0.0.0"
 
 
 def server_env(*, model_name: str, version: str, tracking_uri: str,
