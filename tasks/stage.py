@@ -64,7 +64,7 @@ class StageContext:
             return None
         same = json.loads(self.payload_path.read_text()) == json.loads(
             json.dumps(self.to_payload()))
-        return json.loads(result.read_text()) if same else None
+        return self.read_result() if same else None
 
     def read_result(self) -> dict[str, Any]:
         """The result the stage process or pod wrote next to its artifacts."""
