@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import random
 import time
@@ -10,34 +9,36 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serving.cache import ResponseCache, cache_key, is_deterministic
+from serving.cache import ResponseCache
+from serving.engine import GenItem
+from serving.guard import bearer, guarded_route, matches
 from serving.jobs import MemoryJobs, RedisJobs
-from serving.pool import GenItem, ModelPool, Serving
+from serving.openai import error_body
+from serving.openai import router as openai_router
+from serving.pool import ModelPool, Serving
+from serving.service import MAX_SEED, Service
 from serving.settings import ServerSettings
 from serving.telemetry import Telemetry
 from tasks.feedback.store import (
     FeedbackConflict,
     FeedbackRecord,
     FeedbackStore,
-    RequestRecord,
     UnknownRequest,
 )
-from tasks.lm.generate import Sampling
-from tasks.text import distinct_n
+from tasks.lm.generate import FINISH_ERROR, Sampling
 
 log = logging.getLogger(__name__)
-MAX_SEED = 2**31 - 1
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not a default
+    # A misspelt field is an error, not a silent default; numbers are numbers, not "8" or true.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class FeedbackRequest(Strict):
@@ -70,8 +71,8 @@ def generate_request_model(settings: ServerSettings) -> type[Strict]:
     class GenerateRequest(Strict):
         prompt: str = Field(min_length=1, max_length=settings.max_prompt_chars)
         max_new_tokens: int = Field(32, ge=1, le=settings.max_new_tokens)
-        temperature: float = Field(0.8, ge=0, le=2, description="0 = greedy")
-        top_p: float = Field(0.95, gt=0, le=1)
+        temperature: float = Field(0.8, ge=0, le=2, allow_inf_nan=False, description="0 = greedy")
+        top_p: float = Field(0.95, gt=0, le=1, allow_inf_nan=False)
         seed: int | None = Field(None, ge=0, le=MAX_SEED, description="fixes the sampling; "
                                  "seeded and greedy requests are cached")
         user: str | None = Field(None, min_length=1, max_length=128, description="user or "
@@ -87,93 +88,57 @@ def generate_request_model(settings: ServerSettings) -> type[Strict]:
     return GenerateRequest
 
 
-def _bearer(authorization: str | None, api_key: str | None) -> str:
-    if api_key:
-        return api_key
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>' or "
-                            "'X-API-Key: <key>'", headers={"WWW-Authenticate": "Bearer"})
-    return token.strip()
+OPENAI_PATHS = ("/v1/completions", "/v1/chat/", "/v1/models")
 
 
-def _matches(key: str, allowed: frozenset[str] | tuple[str, ...]) -> bool:
-    # Compare with every key in constant time: no timing hint about which prefix matched.
-    return any([hmac.compare_digest(key.encode(), k.encode()) for k in allowed])
+def _details(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Where and why, without echoing the input (which can be huge, or not encodable)."""
+    return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+             "type": str(e.get("type", ""))} for e in exc.errors()]
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
     telemetry = Telemetry()
     pool = ModelPool(settings,
-                     on_batch=lambda v, n: telemetry.batch_size.labels(v).observe(n),
+                     on_step=lambda v, n: telemetry.batch_size.labels(v).observe(n),
                      on_load_error=lambda a: telemetry.load_failures.labels(a).inc())
     cache = ResponseCache(settings.cache_size, settings.redis_url, settings.cache_ttl_s)
     store = FeedbackStore(settings.feedback_db)
     jobs = RedisJobs(settings.redis_url) if settings.redis_url else MemoryJobs()
+    service = Service(settings, pool, cache, store, telemetry)
     GenerateRequest = generate_request_model(settings)  # noqa: N806 - a class
+    guarded = guarded_route(lambda: (settings.api_keys, settings.admin_key),
+                            settings.max_body_bytes)
 
     def client(authorization: Annotated[str | None, Header()] = None,
                x_api_key: Annotated[str | None, Header()] = None) -> str:
-        key = _bearer(authorization, x_api_key)
-        if not _matches(key, settings.api_keys):
+        key = bearer(authorization, x_api_key)
+        if key is None or not matches(key, settings.api_keys):
             raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
         return key
 
     def admin(authorization: Annotated[str | None, Header()] = None,
               x_api_key: Annotated[str | None, Header()] = None) -> None:
-        key = _bearer(authorization, x_api_key)
-        if not _matches(key, (settings.admin_key,)):
+        key = bearer(authorization, x_api_key)
+        if key is None or not matches(key, (settings.admin_key,)):
             raise HTTPException(403, "this endpoint needs the admin key")
 
     async def serve(body: Any, sticky: str | None) -> tuple[dict[str, Any], dict[str, str]]:
         """Route, answer from the cache or the model, record; (body, headers)."""
-        request_id = uuid.uuid4().hex
-        try:
-            route, model = pool.pick(sticky, random.random())
-        except LookupError as exc:
-            raise HTTPException(503, str(exc)) from None
         params = {"max_new_tokens": body.max_new_tokens, "temperature": body.temperature,
                   "top_p": body.top_p, "seed": body.seed}
-        headers = {"X-Request-Id": request_id, "X-Model-Version": model.version}
-        started = time.perf_counter()
-        key = (cache_key(model.version, body.prompt, params)
-               if is_deterministic(body.temperature, body.seed) else None)
-        hit, tier = cache.get(key) if key else (None, None)
-        if key:
-            telemetry.cache.labels(tier or "miss").inc()
-        error = None
-        try:
-            if hit is None:
-                seed = body.seed if body.seed is not None else random.randint(0, MAX_SEED)
-                out = await model.batcher.submit(GenItem(
-                    body.prompt, Sampling(body.max_new_tokens, body.temperature, body.top_p),
-                    seed))
-                hit = {"text": out.text, "tokens": out.tokens}
-                if key:
-                    cache.put(key, hit)
-        except Exception as exc:  # noqa: BLE001 - reported to the caller and counted
-            log.exception("version %s failed", model.version)
-            error = f"{type(exc).__name__}: {exc}"
-        latency = time.perf_counter() - started
-        telemetry.requests.labels(model.version, route).inc()
-        telemetry.latency.labels(model.version).observe(latency)
-        if error:
-            telemetry.errors.labels(model.version, route).inc()
-        elif tier is None:
-            telemetry.tokens.labels(model.version).inc(hit["tokens"])
-            telemetry.diversity.labels(model.version).observe(distinct_n([hit["text"]], 1))
-        await run_in_threadpool(store.log_request, RequestRecord(
-            request_id=request_id, model_name=settings.model_name,
-            model_version=model.version, route=route, user_id=sticky, prompt=body.prompt,
-            response=None if error else hit["text"], params=params,
-            tokens=0 if error or tier else hit["tokens"], latency_ms=latency * 1000,
-            cached=tier is not None, status="error" if error else "ok", error=error))
-        if error:
-            raise HTTPException(500, f"model version {model.version} failed: {error}",
-                                headers=headers)
-        return ({"request_id": request_id, "model_version": model.version, "route": route,
-                 "text": hit["text"], "tokens": hit["tokens"], "cached": tier is not None,
-                 "latency_ms": round(latency * 1000, 3)}, headers)
+        seed = body.seed if body.seed is not None else random.randint(0, MAX_SEED)
+        item = GenItem(body.prompt, Sampling(body.max_new_tokens, body.temperature,
+                                             body.top_p), seed)
+        gen = await service.complete(service.begin(item, params, body.prompt, sticky))
+        if gen.finish == FINISH_ERROR:
+            raise HTTPException(500, f"model version {gen.version} failed: {gen.error}",
+                                headers=gen.headers())
+        return ({"request_id": gen.request_id, "model_version": gen.version,
+                 "route": gen.route, "text": gen.text, "tokens": gen.tokens,
+                 "cached": gen.cache_tier is not None,
+                 "latency_ms": round((time.perf_counter() - gen.started) * 1000, 3)},
+                gen.headers())
 
     async def run_job(request: dict[str, Any]) -> dict[str, Any]:
         body = GenerateRequest.model_validate(request)
@@ -196,34 +161,46 @@ def create_app(settings: ServerSettings) -> FastAPI:
         await jobs.close()
         for model in (pool.state.champion, pool.state.challenger):
             if model is not None:
-                await model.batcher.close()
-                model.executor.shutdown(wait=False, cancel_futures=True)
+                model.engine.retire()
         store.close()
 
-    app = FastAPI(title="AIGC model server", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="AIGC model server", version="0.2.0", lifespan=lifespan,
                   description="Champion/challenger serving with weighted canary routing, "
-                  "dynamic batching, a response cache and feedback capture.")
+                  "continuous batching, token streaming, an OpenAI-compatible API, a response "
+                  "cache and feedback capture.")
     app.state.pool, app.state.store, app.state.telemetry = pool, store, telemetry
+    keyed = APIRouter(route_class=guarded)
+
+    def openai_path(request: Request) -> bool:
+        return request.url.path.startswith(OPENAI_PATHS)
 
     @app.exception_handler(RequestValidationError)
     async def rejected(request: Request, exc: RequestValidationError) -> Response:
         telemetry.rejected.labels("422").inc()
-        return await request_validation_exception_handler(request, exc)
+        details = _details(exc)
+        if openai_path(request):
+            first = details[0] if details else {"loc": [], "msg": "invalid request"}
+            field = ".".join(str(x) for x in first["loc"][1:]) or None
+            return JSONResponse(error_body(422, f"{field or 'body'}: {first['msg']}", field),
+                                422)
+        return JSONResponse({"detail": details}, 422)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        if exc.status_code in (401, 403, 404, 409):
+        if 400 <= exc.status_code < 500:
             telemetry.rejected.labels(str(exc.status_code)).inc()
-        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+        body = (error_body(exc.status_code, str(exc.detail)) if openai_path(request)
+                else {"detail": exc.detail})
+        return JSONResponse(body, exc.status_code, headers=exc.headers)
 
-    @app.post("/v1/generate", summary="Generate a reply (routed champion/challenger)")
+    @keyed.post("/v1/generate", summary="Generate a reply (routed champion/challenger)")
     async def generate(body: GenerateRequest, _: Annotated[str, Depends(client)],
                        x_session_id: Annotated[str | None, Header(max_length=128)] = None,
                        ) -> JSONResponse:
         result, headers = await serve(body, body.user or x_session_id)
         return JSONResponse(result, headers=headers)
 
-    @app.post("/v1/feedback", status_code=201, summary="Rate a served response")
+    @keyed.post("/v1/feedback", status_code=201, summary="Rate a served response")
     async def feedback(body: FeedbackRequest, _: Annotated[str, Depends(client)],
                        ) -> JSONResponse:
         record = FeedbackRecord(feedback_id=body.feedback_id or uuid.uuid4().hex,
@@ -243,13 +220,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
                              "model_version": row["model_version"], "created": created},
                             status_code=201 if created else 200)
 
-    @app.post("/v1/jobs", status_code=202, summary="Queue a long generation")
+    @keyed.post("/v1/jobs", status_code=202, summary="Queue a long generation")
     async def submit_job(body: GenerateRequest, _: Annotated[str, Depends(client)],
                          ) -> dict[str, str]:
         job_id = await jobs.submit(body.model_dump())
         return {"job_id": job_id, "status": "queued", "status_url": f"/v1/jobs/{job_id}"}
 
-    @app.get("/v1/jobs/{job_id}", summary="A job's status and, when done, its result")
+    @keyed.get("/v1/jobs/{job_id}", summary="A job's status and, when done, its result")
     async def get_job(job_id: str, _: Annotated[str, Depends(client)]) -> dict[str, Any]:
         job = await jobs.get(job_id)
         if job is None:
@@ -283,14 +260,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
         for alias, model in (("champion", state.champion), ("challenger", state.challenger)):
             if model is not None:
                 telemetry.serving.labels(alias, model.version).set(1)
+        for model in (state.champion, state.challenger):
+            if model is not None:
+                telemetry.active.labels(model.version).set(model.engine.active)
         telemetry.jobs_queued.set(await jobs.depth())
         return Response(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/admin/canary", summary="Served versions and the challenger weight")
+    @keyed.get("/admin/canary", summary="Served versions and the challenger weight")
     async def get_canary(_: Annotated[None, Depends(admin)]) -> dict[str, Any]:
         return canary_state()
 
-    @app.put("/admin/canary", summary="Set the challenger's traffic percent")
+    @keyed.put("/admin/canary", summary="Set the challenger's traffic percent")
     async def put_canary(body: CanaryWeight, _: Annotated[None, Depends(admin)],
                          ) -> dict[str, Any]:
         try:
@@ -300,9 +280,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
         log.info("challenger %s weight %d%%", body.version, body.weight)
         return canary_state()
 
-    @app.post("/admin/reload", summary="Follow the MLflow aliases now")
+    @keyed.post("/admin/reload", summary="Follow the MLflow aliases now")
     async def reload(_: Annotated[None, Depends(admin)]) -> dict[str, Any]:
-        await asyncio.to_thread(pool.refresh)
+        await asyncio.to_thread(pool.refresh, True)
         return canary_state()
 
+    app.include_router(keyed)
+    app.include_router(openai_router(service, settings, client, guarded))
     return app

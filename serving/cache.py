@@ -8,6 +8,7 @@ import logging
 import threading
 import unicodedata
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,12 @@ def normalise_prompt(prompt: str) -> str:
     return " ".join(unicodedata.normalize("NFC", prompt).split())
 
 
-def cache_key(version: str, prompt: str, params: dict[str, Any]) -> str:
-    payload = json.dumps({"v": version, "p": normalise_prompt(prompt), "s": params},
+def cache_key(version: str, prompt: str | Sequence[Mapping[str, str]],
+              params: dict[str, Any]) -> str:
+    """A prompt or a conversation (its messages' text normalised), version and settings."""
+    text = normalise_prompt(prompt) if isinstance(prompt, str) else [
+        {**m, "content": normalise_prompt(m["content"])} for m in prompt]
+    payload = json.dumps({"v": version, "p": text, "s": params},
                          sort_keys=True, ensure_ascii=False)
     return "aigc:gen:" + hashlib.sha256(payload.encode()).hexdigest()
 

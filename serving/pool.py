@@ -5,26 +5,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
-
-from serving.batching import Batcher
+from serving.engine import ContinuousEngine, Engine, RequestEngine
 from serving.settings import ServerSettings
 from tasks.lm import GenerativeModel
-from tasks.lm.generate import Generated, Sampling
 from tasks.registry.register import CHALLENGER, CHAMPION, alias_version
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GenItem:
-    prompt: str
-    sampling: Sampling
-    seed: int
+MAX_RETRY_S = 300.0  # the longest pause before a failed version is tried again
 
 
 @dataclass
@@ -32,18 +23,7 @@ class LoadedModel:
     version: str
     run_id: str | None
     model: GenerativeModel
-    batcher: Batcher[GenItem, Generated] = field(repr=False)
-    executor: ThreadPoolExecutor = field(repr=False)
-
-    def retire(self, grace_s: float = 30.0) -> None:
-        """Stop this version's inference thread once requests already routed to it are done."""
-        timer = threading.Timer(grace_s, self.executor.shutdown)
-        timer.daemon = True
-        timer.start()
-
-    def generate(self, items: Sequence[GenItem]) -> list[Generated]:
-        return self.model.generate_rows([i.prompt for i in items], [i.sampling for i in items],
-                                        [torch.Generator().manual_seed(i.seed) for i in items])
+    engine: Engine = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -70,13 +50,16 @@ def in_canary(weight: int, sticky_key: str | None, draw: float) -> bool:
 
 
 class ModelPool:
-    def __init__(self, settings: ServerSettings, on_batch=lambda v, n: None,
-                 on_load_error=lambda alias: None) -> None:
+    def __init__(self, settings: ServerSettings,
+                 on_step: Callable[[str, int], None] = lambda version, rows: None,
+                 on_load_error: Callable[[str], None] = lambda alias: None) -> None:
         self.settings = settings
-        self.on_batch = on_batch
+        self.on_step = on_step
         self.on_load_error = on_load_error
         self.state = Serving()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards state changes (brief)
+        self._loading = threading.Lock()  # one refresh at a time (may take long)
+        self._failed: dict[str, tuple[int, float, str]] = {}  # version: failures, retry, why
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -88,16 +71,20 @@ class ModelPool:
 
         mv = mlflow.MlflowClient().get_model_version(self.settings.model_name, version)
         model = load(model_dir_of(f"models:/{self.settings.model_name}/{version}"))
-        # One inference thread per version: batches of one version run in order, and a slow
-        # challenger does not queue the champion's requests behind its own.
-        executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-v{version}")
-        batcher: Batcher[GenItem, Generated] = Batcher(
-            lambda items: loaded.generate(items), max_batch=self.settings.max_batch,
-            max_wait_s=self.settings.max_wait_ms / 1000, executor=executor,
-            on_batch=lambda n: self.on_batch(version, n))
-        loaded = LoadedModel(version, mv.run_id, model, batcher, executor)
         log.info("loaded %s version %s", self.settings.model_name, version)
-        return loaded
+        return LoadedModel(version, mv.run_id, model, self._engine(model, version))
+
+    def _engine(self, model: GenerativeModel, version: str) -> Engine:
+        """One inference thread per version, so a slow challenger never queues the
+        champion's requests behind its own."""
+        s = self.settings
+        on_step = lambda rows: self.on_step(version, rows)  # noqa: E731
+        if s.batching == "continuous":
+            return ContinuousEngine(model, max_rows=s.max_batch, name=f"v{version}",
+                                    on_step=on_step)
+        return RequestEngine(model, max_rows=s.max_batch if s.batching == "request" else 1,
+                             max_wait_s=s.max_wait_ms / 1000, name=f"v{version}",
+                             on_step=on_step)
 
     def _resolve(self) -> dict[str, str | None]:
         import mlflow
@@ -108,10 +95,14 @@ class ModelPool:
         return {alias: alias_version(client, self.settings.model_name, alias)
                 for alias in (CHAMPION, CHALLENGER)}
 
-    def refresh(self) -> Serving:
+    def refresh(self, force: bool = False) -> Serving:
         """Follow the aliases; load what moved. A challenger equal to the champion is no
-        canary, and a new challenger starts at weight 0 until the controller raises it."""
-        with self._lock:
+        canary, and a new challenger starts at weight 0 until the controller raises it.
+
+        Loading holds only the load lock: reading the state and setting the weight never
+        wait for a model to load. A version that failed to load is tried again after a
+        growing pause (up to MAX_RETRY_S), or at once when `force`d (an admin reload)."""
+        with self._loading:
             current = self.state
             wanted = self._resolve()
             loaded = {m.version: m for m in (current.champion, current.challenger) if m}
@@ -122,25 +113,42 @@ class ModelPool:
                     picked[alias] = None
                     continue
                 if version not in loaded:
-                    try:
-                        loaded[version] = self._load(version)
-                    except Exception as exc:  # noqa: BLE001 - keep serving what works
-                        log.exception("cannot load %s version %s", alias, version)
-                        self.on_load_error(alias)
-                        errors.append(f"{alias} version {version}: {exc}")
+                    error = self._try_load(version, alias, loaded, force)
+                    if error:
+                        errors.append(f"{alias} version {version}: {error}")
                 picked[alias] = loaded.get(version)
             # A champion that fails to load leaves the previous one serving.
             champion = picked[CHAMPION] or (current.champion if errors else None)
             challenger = picked[CHALLENGER]
+            with self._lock:
+                latest = self.state  # the weight may have been set while models loaded
+                same = (challenger is not None and latest.challenger is not None
+                        and challenger.version == latest.challenger.version)
+                self.state = Serving(champion=champion, challenger=challenger,
+                                     weight=latest.weight if same else 0, errors=tuple(errors))
             kept = {m.version for m in (champion, challenger) if m}
-            for model in (current.champion, current.challenger):
-                if model is not None and model.version not in kept:
-                    model.retire()
-            same = (challenger is not None and current.challenger is not None
-                    and challenger.version == current.challenger.version)
-            self.state = Serving(champion=champion, challenger=challenger,
-                                 weight=current.weight if same else 0, errors=tuple(errors))
+            for model in {id(m): m for m in loaded.values()}.values():
+                if model.version not in kept:
+                    model.engine.retire()
             return self.state
+
+    def _try_load(self, version: str, alias: str, loaded: dict[str, LoadedModel],
+                  force: bool) -> str | None:
+        """Load a version into `loaded`; the error when it fails or is still pausing."""
+        failures, retry_at, error = self._failed.get(version, (0, 0.0, ""))
+        wait = retry_at - time.monotonic()
+        if wait > 0 and not force:
+            return f"{error} (next try in {wait:.0f}s)"
+        try:
+            loaded[version] = self._load(version)
+        except Exception as exc:  # noqa: BLE001 - keep serving what works
+            log.exception("cannot load %s version %s", alias, version)
+            self.on_load_error(alias)
+            pause = min(self.settings.reload_interval_s * 2 ** failures, MAX_RETRY_S)
+            self._failed[version] = (failures + 1, time.monotonic() + pause, str(exc))
+            return str(exc)
+        self._failed.pop(version, None)
+        return None
 
     def set_weight(self, version: str, weight: int) -> Serving:
         with self._lock:
@@ -150,6 +158,14 @@ class ModelPool:
                 raise LookupError(f"version: {version} is not the served challenger ({served})")
             self.state = Serving(self.state.champion, challenger, weight, self.state.errors)
             return self.state
+
+    def pinned(self, name: str) -> tuple[str, LoadedModel]:
+        """A request that names an alias (champion, challenger) or a served version."""
+        state = self.state
+        for alias, model in ((CHAMPION, state.champion), (CHALLENGER, state.challenger)):
+            if model is not None and name in (alias, model.version):
+                return alias, model
+        raise LookupError(f"{name} is not served here")
 
     def pick(self, sticky_key: str | None, draw: float) -> tuple[str, LoadedModel]:
         state = self.state  # one read: champion, challenger and weight belong together

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from tasks.errors import BadInput
 from tasks.settings import Settings
 
+# continuous: iteration-level (the default); request: whole requests batched; none: one by one
+BATCHING_MODES = ("continuous", "request", "none")
+
 
 def _keys(value: str | None) -> frozenset[str]:
     return frozenset(k.strip() for k in (value or "").split(",") if k.strip())
@@ -37,13 +40,15 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     serve_version: str | None = None  # pin one version (KServe splits traffic itself)
-    max_batch: int = 16
-    max_wait_ms: float = 5.0
+    batching: str = "continuous"
+    max_batch: int = 32  # sequences decoding together per version
+    max_wait_ms: float = 5.0  # request-level batching only
     cache_size: int = 1024
     cache_ttl_s: int = 3600
     redis_url: str | None = None
     job_workers: int = 1
     max_prompt_chars: int = 2000
+    max_body_bytes: int = 1 << 20
     max_new_tokens: int = 256
     reload_interval_s: float = 5.0
 
@@ -52,6 +57,8 @@ class ServerSettings:
             raise BadInput("AIGC_API_KEYS: no client API key configured")
         if not self.admin_key:
             raise BadInput("AIGC_ADMIN_KEY: no admin key configured")
+        if self.batching not in BATCHING_MODES:
+            raise BadInput(f"AIGC_BATCHING: {self.batching!r} is not one of {BATCHING_MODES}")
         if self.admin_key in self.api_keys:
             raise BadInput("AIGC_ADMIN_KEY: must differ from every client key")
 
@@ -63,18 +70,21 @@ class ServerSettings:
             model_name=env.get("AIGC_MODEL_NAME", "aigc-gpt2"),
             tracking_uri=env.get("MLFLOW_TRACKING_URI", base.tracking_uri),
             api_keys=_keys(env.get("AIGC_API_KEYS")),
-            admin_key=env.get("AIGC_ADMIN_KEY", ""),
+            # A Secret file's trailing newline must not lock the admin out.
+            admin_key=env.get("AIGC_ADMIN_KEY", "").strip(),
             feedback_db=env.get("AIGC_FEEDBACK_DB", base.feedback_db),
             host=env.get("AIGC_SERVER_HOST", "127.0.0.1"),
             port=int(_number(env, "AIGC_SERVER_PORT", 8000, 0, 65535)),
             serve_version=env.get("AIGC_SERVE_VERSION") or None,
-            max_batch=int(_number(env, "AIGC_MAX_BATCH", 16, 1, 256)),
+            batching=env.get("AIGC_BATCHING", "continuous"),
+            max_batch=int(_number(env, "AIGC_MAX_BATCH", 32, 1, 256)),
             max_wait_ms=_number(env, "AIGC_MAX_WAIT_MS", 5.0, 0, 1000),
             cache_size=int(_number(env, "AIGC_CACHE_SIZE", 1024, 0, 10_000_000)),
             cache_ttl_s=int(_number(env, "AIGC_CACHE_TTL_S", 3600, 1, 30 * 86400)),
             redis_url=env.get("AIGC_REDIS_URL") or None,
             job_workers=int(_number(env, "AIGC_JOB_WORKERS", 1, 1, 64)),
             max_prompt_chars=int(_number(env, "AIGC_MAX_PROMPT_CHARS", 2000, 1, 1_000_000)),
+            max_body_bytes=int(_number(env, "AIGC_MAX_BODY_BYTES", 1 << 20, 1024, 1 << 30)),
             max_new_tokens=int(_number(env, "AIGC_MAX_NEW_TOKENS", 256, 1, 8192)),
             reload_interval_s=_number(env, "AIGC_RELOAD_INTERVAL_S", 5.0, 0.1, 3600),
         )

@@ -24,8 +24,17 @@ class Telemetry:
         self.latency = Histogram("aigc_request_latency_seconds", "Generate latency (queueing, "
                                  "batching and generation) by model version.", ["version"],
                                  buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("aigc_batch_size", "Requests per batched generate call.",
-                                    ["version"], buckets=BATCH_BUCKETS, registry=r)
+        self.batch_size = Histogram("aigc_batch_size", "Sequences decoded together in each "
+                                    "step of a version's running batch.", ["version"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.active = Gauge("aigc_active_sequences", "Sequences in a version's running batch "
+                            "at its last step.", ["version"], registry=r)
+        self.first_token = Histogram("aigc_time_to_first_token_seconds", "From the request "
+                                     "to its first generated token, by model version.",
+                                     ["version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.cancelled = Counter("aigc_cancelled_requests", "Generations the client left "
+                                 "before the end (their slot is freed at the next step).",
+                                 ["version"], registry=r)
         self.tokens = Counter("aigc_generated_tokens", "New tokens generated (rate() gives "
                               "tokens per second).", ["version"], registry=r)
         self.cache = Counter("aigc_cache_lookups", "Response cache lookups of deterministic "

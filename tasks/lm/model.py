@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from tasks.lm.artifact import CausalLM, load_lm
-from tasks.lm.generate import Generated, Sampling, generate_rows
+from tasks.lm.generate import Decoder, Generated, Sampling, generate_rows
 from tasks.lm.likelihood import Likelihood, likelihood
-from tasks.lm.template import prepare_tokenizer, stop_ids
+from tasks.lm.template import prepare_tokenizer, prompt_text, stop_ids
 
 
 @dataclass
@@ -26,6 +26,23 @@ class TextModel:
     def generate_rows(self, prompts: Sequence[str], sampling: Sequence[Sampling],
                       generators: Sequence[torch.Generator]) -> list[Generated]:
         return generate_rows(self.lm, self.tokenizer, prompts, sampling, generators, self.stop)
+
+    def prompt_ids(self, prompt: str | Sequence[Mapping[str, str]], raw: bool = False,
+                   ) -> list[int]:
+        """Token ids of a user prompt or a conversation, rendered with the chat template as
+        the model was trained; `raw` takes a text prompt as it is (a plain completion)."""
+        if raw:
+            text = str(prompt)
+        elif isinstance(prompt, str):
+            text = prompt_text(self.tokenizer, prompt)
+        else:
+            text = self.tokenizer.apply_chat_template([dict(m) for m in prompt], tokenize=False,
+                                                      add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decoder(self) -> Decoder:
+        """A running batch of this model (continuous batching drives one per version)."""
+        return Decoder(self.lm, self.tokenizer, self.stop)
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, seed: int,
                  temperature: float = 0.8, top_p: float = 0.95, batch_size: int = 16,

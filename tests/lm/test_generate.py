@@ -1,16 +1,21 @@
-"""Sampling: the key/value cache path, per-row settings."""
+"""Decoding: the key/value cache and the recompute path agree; rows join and leave a running
+batch without changing what any row generates; stop texts, streaming pieces, bad rows."""
 
-def test_key_value_cache_generates_what_recomputing_generates(tmp_path):
-    """Greedy rows of different prompt lengths (left padding) and lengths: the cached path of
-    a transformers model and the recompute path agree token for token."""
-    from types import SimpleNamespace
+from __future__ import annotations
 
-    import torch
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny GPT-2 with a character tokenizer, its context 48 tokens."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     from tasks.lm.artifact import LogitsOf, TorchLM
-    from tasks.lm.generate import Sampling, generate_rows
     from tasks.lm.template import prepare_tokenizer, stop_ids
 
     vocab = {ch: i for i, ch in enumerate(["<|endoftext|>", *"abcdefghijklmnopqrstuvwxyz :?<>|"])}
@@ -25,21 +30,125 @@ def test_key_value_cache_generates_what_recomputing_generates(tmp_path):
     cached = TorchLM(LogitsOf(model), 48)
     plain = SimpleNamespace(logits=cached.logits, n_positions=48)  # no cache to use
     assert cached.incremental is model and getattr(plain, "incremental", None) is None
-    prompts = ["hi", "how are you doing today", "ok?"]
-    sampling = [Sampling(12, 0.0), Sampling(5, 0.0), Sampling(12, 0.0)]
+    return SimpleNamespace(tokenizer=tokenizer, cached=cached, plain=plain,
+                           stop=stop_ids(tokenizer))
 
-    def run(lm):
-        gens = [torch.Generator().manual_seed(i) for i in range(3)]
-        return generate_rows(lm, tokenizer, prompts, sampling, gens, stop_ids(tokenizer))
 
-    fast, slow = run(cached), run(plain)
+PROMPTS = ["hi", "how are you doing today", "ok?"]
+
+
+def _generate(t, lm, prompts, sampling):
+    from tasks.lm.generate import generate_rows
+
+    gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+    return generate_rows(lm, t.tokenizer, prompts, sampling, gens, t.stop)
+
+
+def test_key_value_cache_generates_what_recomputing_generates(tiny):
+    """Greedy rows of different prompt lengths (left padding) and lengths, some running past
+    the context (48 tokens): the cached path and the recompute path agree token for token."""
+    from tasks.lm.generate import Sampling
+
+    sampling = [Sampling(12, 0.0), Sampling(5, 0.0), Sampling(60, 0.0)]
+    fast, slow = _generate(tiny, tiny.cached, PROMPTS, sampling), _generate(
+        tiny, tiny.plain, PROMPTS, sampling)
     assert fast == slow
-    assert [g.tokens for g in fast][1] <= 5 and any(g.text for g in fast)
+    assert fast[1].tokens <= 5 and any(g.text for g in fast)
+    assert fast[2].tokens == 60  # a generation longer than the context slides its window
+
+
+def _rows_alone(t, sampling):
+    from tasks.lm.generate import Decoder
+
+    alone = []
+    for i, prompt in enumerate(PROMPTS):
+        decoder = Decoder(t.cached, t.tokenizer, t.stop)
+        ids = t.tokenizer(prompt)["input_ids"]
+        row = decoder.new_row(ids, sampling[i], torch.Generator().manual_seed(i))
+        alone.append(decoder.run([row])[0].generated)
+    return alone
+
+
+@pytest.mark.parametrize("lm", ["cached", "plain"])
+def test_rows_joining_a_running_batch_generate_what_they_generate_alone(tiny, lm):
+    """Continuous batching: a row joins after others have taken steps, rows leave when done;
+    every row's tokens are the ones it generates on its own."""
+    from tasks.lm.generate import Decoder, Sampling
+
+    sampling = [Sampling(30, 0.0), Sampling(8, 1.0, 0.9), Sampling(20, 0.7)]
+    alone = _rows_alone(tiny, sampling)
+    decoder = Decoder(getattr(tiny, lm), tiny.tokenizer, tiny.stop)
+    rows = [decoder.new_row(tiny.tokenizer(p)["input_ids"], s,
+                            torch.Generator().manual_seed(i))
+            for i, (p, s) in enumerate(zip(PROMPTS, sampling, strict=True))]
+    decoder.join(rows[:1])
+    for _ in range(3):
+        decoder.step()
+    decoder.join(rows[1:])  # joins a batch whose cache is already longer than its prompt
+    sizes = []
+    while len(decoder):
+        sizes.append(len(decoder))
+        decoder.step()
+    assert [r.generated for r in rows] == alone
+    assert sizes[0] == 3 and sizes[-1] == 1  # finished rows left at once
+
+
+def test_stop_texts_end_the_answer_and_stream_pieces_add_up(tiny):
+    from tasks.lm.generate import Decoder, Sampling
+
+    free = _generate(tiny, tiny.cached, ["ab"], [Sampling(30, 0.0)])[0].text
+    assert len(free) > 6
+    stop = free[3:5]
+    decoder = Decoder(tiny.cached, tiny.tokenizer, tiny.stop)
+    row = decoder.new_row(tiny.tokenizer(tiny.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "ab"}], tokenize=False, add_generation_prompt=True),
+        add_special_tokens=False)["input_ids"], Sampling(30, 0.0, stop=(stop, "zzzz")),
+        torch.Generator().manual_seed(0))
+    pieces = [e.piece for e in decoder.join([row])]
+    while len(decoder):
+        pieces += [e.piece for e in decoder.step()]
+    assert "".join(pieces) == row.result().text == free[: free.index(stop)].rstrip()
+    assert row.finish == "stop"
+
+
+def test_a_cancelled_row_leaves_at_the_next_step(tiny):
+    from tasks.lm.generate import Decoder, Sampling
+
+    decoder = Decoder(tiny.cached, tiny.tokenizer, tiny.stop)
+    a, b = (decoder.new_row([1, 2, 3], Sampling(40, 0.0), torch.Generator()) for _ in range(2))
+    decoder.join([a, b])
+    a.cancelled = True
+    events = decoder.step()
+    assert [(e.row is a, e.finish) for e in events] == [(True, "cancelled"), (False, None)]
+    assert decoder.rows == [b] and len(b.generated) == 2
+
+
+def test_one_bad_row_fails_alone_and_the_batch_goes_on(tiny):
+    """A row the model cannot take (here: a token the model refuses) fails with its reason;
+    the rows sharing its batch finish as they would alone."""
+    from tasks.lm.generate import Decoder, Sampling
+
+    class Picky:
+        n_positions = 48
+
+        def logits(self, ids, mask):
+            if (ids == 5).any():
+                raise ValueError("token 5 is poison")
+            return tiny.plain.logits(ids, mask)
+
+    sampling = [Sampling(10, 0.0)] * 3
+    decoder = Decoder(Picky(), tiny.tokenizer, tiny.stop)
+    rows = [decoder.new_row(ids, s, torch.Generator()) for ids, s in
+            zip(([1, 2], [3, 5, 4], [6, 7, 8]), sampling, strict=True)]
+    decoder.run(rows)
+    assert [r.finish for r in rows] == ["length", "error", "length"]
+    reference = Decoder(tiny.plain, tiny.tokenizer, tiny.stop)
+    good = [reference.new_row(ids, sampling[0], torch.Generator()) for ids in ([1, 2], [6, 7, 8])]
+    reference.run(good)
+    assert [rows[0].generated, rows[2].generated] == [g.generated for g in good]
 
 
 def test_row_sampling_follows_each_rows_settings():
-    import torch
-
     from tasks.lm.generate import sample_rows
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 3))

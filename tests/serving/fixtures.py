@@ -106,7 +106,3 @@ def start_server(registry: Registry, tmp: Path, keys: dict[str, str] | None = No
                       tmp / "server.log") as server:
         yield Server(server.url, keys["AIGC_API_KEYS"], keys["AIGC_ADMIN_KEY"], db)
 
-
-@pytest.fixture(scope="module")
-def server(registry, tmp_path_factory) -> Iterator[Server]:
-    yield from start_server(registry, tmp_path_factory.mktemp("server"))

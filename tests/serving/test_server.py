@@ -162,9 +162,10 @@ def test_concurrent_requests_are_batched(server):
         replies = list(pool.map(lambda i: _gen(server, max_new_tokens=8).status_code,
                                 range(48)))
     assert replies == [200] * 48
-    batched = metric("aigc_batch_size_sum") - before_sum
-    calls = metric("aigc_batch_size_count") - before_count
-    assert batched == 48 and calls < 48 / 2  # at least two requests per batch on average
+    rows = metric("aigc_batch_size_sum") - before_sum
+    steps = metric("aigc_batch_size_count") - before_count
+    # Each decode step carries the sequences in flight: with 16 clients, many per step.
+    assert steps > 0 and rows / steps >= 4, (rows, steps)
 
 
 def test_async_job_runs_to_completion(server):
