@@ -1,15 +1,18 @@
-"""Serving side by side on the demo model: our server with dynamic batching on and off, and
-`mlflow models serve` of the same registered model; throughput and P50/P99 latency at
-concurrency 1/8/16/32. Then the response cache on a Zipf-distributed prompt workload: hit
-ratio and the generated tokens (model compute) it saved. Writes bench/results/serving.json
-and docs/BENCHMARKS.md.
+"""Serving side by side, on a mixed workload (prompt lengths and `max_tokens` drawn from
+8-128 tokens, sampled, so nothing is cached and answers differ in length): our server with
+continuous batching, with request-level batching and with none, and `mlflow models serve` of
+the same registered model, at concurrency 1/16/32, rounds interleaved. Per row: requests and
+generated tokens per second, time to first token P50/P99 (streamed answers; a server that
+answers at the end gives its first token then), latency P99, and the spread over rounds.
+Then the response cache on a Zipf-distributed prompt workload: hit ratio and the generated
+tokens (model compute) it saved. Writes bench/results/serving.json and docs/BENCHMARKS.md.
 
-With `--size gpt2-small` (and `llama-small`): the same server at real size (124 M and 127 M
-parameters, random weights, so every request generates all its tokens), batching on and off
-at concurrency 1 and 16; results in bench/results/serving-real.json.
+With `--size gpt2-small` (and `llama-small`): the same comparison at real size (124 M and
+127 M parameters, random weights, so every answer runs to its `max_tokens`), without the
+cache part; results in bench/results/serving-real.json.
 
-    .venv/bin/python bench/server_load.py [--steps 300] [--seconds 12]
-    .venv/bin/python bench/server_load.py --size gpt2-small,llama-small [--seconds 30]
+    .venv/bin/python bench/server_load.py [--steps 300] [--seconds 10] [--rounds 2]
+    .venv/bin/python bench/server_load.py --size gpt2-small [--seconds 40] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import requests
 
 from serving.local import free_port, local_server, wait_ready
@@ -43,19 +48,47 @@ sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 from compression import demo_settings, train_demo  # noqa: E402
 from report import update_section  # noqa: E402
 
-CONCURRENCY = (1, 8, 16, 32)
-REAL_CONCURRENCY = (1, 16)
-NEW_TOKENS = 16
+CONCURRENCY = (1, 16, 32)
+LENGTHS = (8, 128)  # prompt tokens and max_tokens are drawn from this range
+NEW_TOKENS = 16  # the cache workload's answers
 MODEL_NAME = "aigc-gpt2"
-WARM_UP_S = 1.0
+WARM_UP_S = 2.0
 ZIPF_PROMPTS, ZIPF_S, ZIPF_REQUESTS = 500, 1.1, 2000
+OURS = {"continuous": {"AIGC_BATCHING": "continuous", "AIGC_MAX_BATCH": "32"},
+        "request-level": {"AIGC_BATCHING": "request", "AIGC_MAX_BATCH": "32"},
+        "none": {"AIGC_BATCHING": "none"}}
+MLFLOW = "mlflow models serve"
 
 
-def load(send: Callable[[requests.Session, str, int], None], prompts: list[str],
-         concurrency: int, seconds: float) -> dict:
+@dataclass(frozen=True)
+class Answer:
+    first_token_s: float
+    tokens: int
+
+
+Send = Callable[[httpx.Client, str, int, int], Answer]
+
+
+class Workload:
+    """Prompts of a drawn number of tokens (cut from the corpus) and a drawn max_tokens."""
+
+    def __init__(self, tokenizer, corpus: list[str]) -> None:
+        self.tokenizer = tokenizer
+        self.ids = tokenizer(" ".join(corpus), add_special_tokens=False)["input_ids"]
+
+    def draw(self, rng: random.Random) -> tuple[str, int]:
+        length = rng.randint(*LENGTHS)
+        start = rng.randrange(len(self.ids) - length)
+        prompt = self.tokenizer.decode(self.ids[start:start + length]).replace("\ufffd", "")
+        return prompt.strip() or "hello", rng.randint(*LENGTHS)
+
+
+def load(send: Send, workload: Workload, concurrency: int, seconds: float) -> dict:
     """Closed loop: `concurrency` clients send back to back for `seconds` (after a short
     warm-up that is not counted)."""
     latencies: list[float] = []
+    firsts: list[float] = []
+    tokens = [0]
     errors = [0]
     lock = threading.Lock()
     counted_from = time.perf_counter() + WARM_UP_S
@@ -63,48 +96,70 @@ def load(send: Callable[[requests.Session, str, int], None], prompts: list[str],
 
     def client(index: int) -> None:
         rng = random.Random(index)
-        session = requests.Session()
-        while (started := time.perf_counter()) < stop:
-            try:
-                send(session, rng.choice(prompts), rng.randrange(2**31))
-            except Exception:  # noqa: BLE001 - counted, the run goes on
-                with lock:
-                    errors[0] += 1
-                continue
-            if started >= counted_from:
-                with lock:
-                    latencies.append(time.perf_counter() - started)
+        with httpx.Client(timeout=600) as session:
+            while (started := time.perf_counter()) < stop:
+                prompt, max_tokens = workload.draw(rng)
+                try:
+                    answer = send(session, prompt, max_tokens, rng.randrange(2**31))
+                except Exception:  # noqa: BLE001 - counted, the run goes on
+                    with lock:
+                        errors[0] += 1
+                    continue
+                ended = time.perf_counter()
+                if started >= counted_from and ended <= stop:
+                    with lock:
+                        latencies.append(ended - started)
+                        firsts.append(answer.first_token_s)
+                        tokens[0] += answer.tokens
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - counted_from
-    latencies.sort()
+    wall = seconds
     return {"concurrency": concurrency, "requests": len(latencies), "errors": errors[0],
-            "rps": len(latencies) / wall,
-            "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
-            "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))] if latencies else None}
+            "rps": len(latencies) / wall, "tokens_per_s": tokens[0] / wall,
+            "ttft_p50_ms": _pct(firsts, 0.5), "ttft_p99_ms": _pct(firsts, 0.99),
+            "p99_ms": _pct(latencies, 0.99)}
 
 
-def ours(url: str, key: str) -> Callable[[requests.Session, str, int], None]:
-    def send(session: requests.Session, prompt: str, seed: int) -> None:
-        reply = session.post(f"{url}/v1/generate", headers={"Authorization": f"Bearer {key}"},
-                             # No seed: unseeded sampling is never cached, so every
-                             # request reaches the model (clients repeat their sequences).
-                             json={"prompt": prompt, "max_new_tokens": NEW_TOKENS,
-                                   "temperature": 0.8}, timeout=120)
-        reply.raise_for_status()
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return 1000 * ordered[int(q * (len(ordered) - 1))]
+
+
+def ours(url: str, key: str) -> Send:
+    """Streamed completions: the first event is the first token."""
+    def send(session: httpx.Client, prompt: str, max_tokens: int, seed: int) -> Answer:
+        started, first, usage = time.perf_counter(), None, None
+        with session.stream("POST", f"{url}/v1/completions",
+                            headers={"Authorization": f"Bearer {key}"},
+                            json={"prompt": prompt, "max_tokens": max_tokens,
+                                  "temperature": 0.8, "stream": True}) as reply:
+            reply.raise_for_status()
+            for line in reply.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                first = first or time.perf_counter() - started
+                usage = json.loads(line[6:]).get("usage") or usage
+        return Answer(first, usage["completion_tokens"])
     return send
 
 
-def mlflow_serve_client(url: str) -> Callable[[requests.Session, str, int], None]:
-    def send(session: requests.Session, prompt: str, seed: int) -> None:
-        reply = session.post(f"{url}/invocations", timeout=120, json={
+def mlflow_serve_client(url: str, tokenizer) -> Send:
+    def send(session: httpx.Client, prompt: str, max_tokens: int, seed: int) -> Answer:
+        started = time.perf_counter()
+        reply = session.post(f"{url}/invocations", json={
             "dataframe_records": [{"prompt": prompt}],
-            "params": {"max_new_tokens": NEW_TOKENS, "temperature": 0.8, "seed": seed}})
+            "params": {"max_new_tokens": max_tokens, "temperature": 0.8, "seed": seed}})
         reply.raise_for_status()
+        text = reply.json()["predictions"][0]
+        # The pyfunc answers text only: its tokens are counted by the model's tokenizer.
+        return Answer(time.perf_counter() - started,
+                      len(tokenizer(text, add_special_tokens=False)["input_ids"]))
     return send
 
 
@@ -189,125 +244,160 @@ def serve_champion(root: Path, model_dir: Path, name: str) -> dict[str, str]:
                                 "AIGC_FEEDBACK_DB": str(root / "feedback.db")}
 
 
-def setup(root: Path, steps: int) -> tuple[dict[str, str], list[str]]:
-    """Train the demo model, register it as champion; (server env, test prompts)."""
-    model_dir, _, val = train_demo(root, steps)
-    return serve_champion(root, model_dir, MODEL_NAME), sorted(set(val["prompt"]))
+def keys() -> dict[str, str]:
+    return {"AIGC_API_KEYS": secrets.token_urlsafe(16),
+            "AIGC_ADMIN_KEY": secrets.token_urlsafe(16)}
 
 
-def real_size(root: Path, sizes: list[str], seconds: float) -> None:
-    """Batching on and off at concurrency 1 and 16 for real-size models."""
+@contextlib.contextmanager
+def servers(env: dict[str, str], secret: dict[str, str], root: Path, tokenizer,
+            extra: dict[str, dict[str, str]] | None = None) -> Iterator[dict[str, Send]]:
+    """Every server compared, up together (an idle one takes no CPU), by name."""
+    with contextlib.ExitStack() as stack:
+        sends: dict[str, Send] = {}
+        for name, settings in (OURS | (extra or {})).items():
+            server = stack.enter_context(local_server(env | secret | settings,
+                                                      root / f"{name}.log", timeout_s=600))
+            sends[name] = ours(server.url, secret["AIGC_API_KEYS"])
+        url = stack.enter_context(mlflow_serve(f"models:/{env['AIGC_MODEL_NAME']}@champion",
+                                               env, root / "mlflow-serve.log"))
+        sends[MLFLOW] = mlflow_serve_client(url, tokenizer)
+        yield sends
+
+
+def compare(sends: dict[str, Send], workload: Workload, seconds: float, rounds: int,
+            label: str) -> list[dict]:
+    """Rounds interleaved: each round runs every server at every concurrency once."""
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for r in range(rounds):
+        for c in CONCURRENCY:
+            for name, send in sends.items():
+                row = load(send, workload, c, seconds)
+                print(f"[{label} round {r + 1}] {name}: {row}", flush=True)
+                runs.setdefault((name, c), []).append(row)
+    return [summarise(label, name, c, rows) for (name, c), rows in runs.items()]
+
+
+def summarise(label: str, name: str, c: int, rows: list[dict]) -> dict:
+    """The median of the rounds, and the spread (range) of tokens per second."""
+    def median(key: str) -> float | None:
+        values = [r[key] for r in rows if r[key] is not None]
+        return statistics.median(values) if values else None
+
+    rates = [r["tokens_per_s"] for r in rows]
+    return {"size": label, "server": name, "concurrency": c, "rounds": len(rows),
+            "requests": sum(r["requests"] for r in rows),
+            "errors": sum(r["errors"] for r in rows),
+            **{k: median(k) for k in ("rps", "tokens_per_s", "ttft_p50_ms", "ttft_p99_ms",
+                                      "p99_ms")},
+            "tokens_per_s_range": [min(rates), max(rates)]}
+
+
+def _tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def corpus() -> list[str]:
     from tasks.data.source import load_demo
+
+    frame = load_demo(["english", "chinese"])
+    return [f"{p} {r}" for p, r in zip(frame["prompt"], frame["response"], strict=True)]
+
+
+def real_size(root: Path, sizes: list[str], seconds: float, rounds: int) -> None:
     from tasks.scaffold import scaffold
 
-    prompts = sorted(set(load_demo(["english", "chinese"])["prompt"]))
-    keys = {"AIGC_API_KEYS": secrets.token_urlsafe(16),
-            "AIGC_ADMIN_KEY": secrets.token_urlsafe(16)}
-    results: dict = {"machine": f"{platform.processor() or platform.machine()}, "
-                     f"{os.cpu_count()} CPUs", "new_tokens": NEW_TOKENS, "rows": []}
+    results: dict = {"machine": machine(), "rows": []}
     for size in sizes:
         arch = "llama" if size.startswith("llama") else "gpt2"
         folder = scaffold(arch, root / size, size="gpt2-small")
         env = serve_champion(root, folder, f"bench-{size}")
-        for name, extra in (("batching on", {"AIGC_MAX_BATCH": "16"}),
-                            ("batching off", {"AIGC_MAX_BATCH": "1"})):
-            with local_server(env | keys | extra, root / f"{size}-{name}.log") as server:
-                for c in REAL_CONCURRENCY:
-                    row = {"size": size, "server": name} | load(
-                        ours(server.url, keys["AIGC_API_KEYS"]), prompts, c, seconds)
-                    print(row, flush=True)
-                    results["rows"].append(row)
+        tokenizer = _tokenizer(folder)
+        with servers(env, keys(), root, tokenizer) as sends:
+            results["rows"] += compare(sends, Workload(tokenizer, corpus()), seconds, rounds,
+                                       size)
     (PROJECT_ROOT / "bench" / "results" / "serving-real.json").write_text(
         json.dumps(results, indent=2))
-    update_section("serving-real", render_real(results))
+    update_section("serving-real", "### Real size\n\n" + "\n".join(
+        [f"`.venv/bin/python bench/server_load.py --size {','.join(sizes)} --seconds "
+         f"{seconds:g} --rounds {rounds}` — {results['machine']}; random weights, so every "
+         "answer runs to its max_tokens.", ""] + table(results["rows"])))
 
 
-def render_real(results: dict) -> str:
-    rows = results["rows"]
-    lines = ["| model | server | concurrency | req/s | P50 ms | P99 ms | errors |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def table(rows: list[dict]) -> list[str]:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.0f}"
+
+    lines = ["| model | server | concurrency | req/s | generated tokens/s (range) | "
+             "TTFT P50 ms | TTFT P99 ms | P99 ms | errors |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['size']} | {r['server']} | {r['concurrency']} | {r['rps']:.2f} | "
-              f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |" for r in rows]
+              f"{r['tokens_per_s']:.0f} ({r['tokens_per_s_range'][0]:.0f}-"
+              f"{r['tokens_per_s_range'][1]:.0f}) | {ms(r['ttft_p50_ms'])} | "
+              f"{ms(r['ttft_p99_ms'])} | {ms(r['p99_ms'])} | {r['errors']} |" for r in rows]
+    lines.append("")
     by = {(r["size"], r["server"], r["concurrency"]): r for r in rows}
-    lines += ["", f"{results['machine']}; random weights, {results['new_tokens']} new tokens "
-              "per request, sampled; closed loop.", ""]
     for size in dict.fromkeys(r["size"] for r in rows):
-        for c in REAL_CONCURRENCY:
-            on, off = by[(size, "batching on", c)], by[(size, "batching off", c)]
-            lines.append(f"- {size}, concurrency {c}: batching {on['rps'] / off['rps']:.2f}x "
-                         f"the throughput, P99 {on['p99_ms'] / off['p99_ms']:.2f}x")
-    return "\n".join(lines)
+        cont, req = by.get((size, "continuous", 32)), by.get((size, "request-level", 32))
+        if cont and req and req["tokens_per_s"] and req["ttft_p99_ms"]:
+            lines.append(
+                f"- {size}, concurrency 32: continuous batching "
+                f"{cont['tokens_per_s'] / req['tokens_per_s']:.2f}x the generated tokens/s of "
+                f"request-level batching (target >= 2x), time to first token P99 "
+                f"{cont['ttft_p99_ms'] / req['ttft_p99_ms']:.2f}x (target < 1x)")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=300, help="demo model training steps")
-    parser.add_argument("--seconds", type=float, default=12, help="per concurrency level")
+    parser.add_argument("--seconds", type=float, default=10, help="per row and round")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
     parser.add_argument("--size", default="demo",
                         help="demo, or real sizes: gpt2-small,llama-small")
     args = parser.parse_args()
-    if args.size != "demo":
-        with tempfile.TemporaryDirectory() as tmp:
-            real_size(Path(tmp), args.size.split(","), args.seconds)
-        return
-    results: dict = {"machine": f"{platform.processor() or platform.machine()}, "
-                     f"{os.cpu_count()} CPUs", "new_tokens": NEW_TOKENS, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        env, prompts = setup(root, args.steps)
-        keys = {"AIGC_API_KEYS": secrets.token_urlsafe(16),
-                "AIGC_ADMIN_KEY": secrets.token_urlsafe(16)}
-        for name, extra in (("ours, batching on", {"AIGC_MAX_BATCH": "16"}),
-                            ("ours, batching off", {"AIGC_MAX_BATCH": "1"})):
-            with local_server(env | keys | extra, root / f"{name}.log") as server:
-                for c in CONCURRENCY:
-                    row = {"server": name} | load(ours(server.url, keys["AIGC_API_KEYS"]),
-                                                  prompts, c, args.seconds)
-                    print(row, flush=True)
-                    results["rows"].append(row)
-                if extra["AIGC_MAX_BATCH"] == "16":
-                    results["mean_batch"] = (metric(server.url, "aigc_batch_size_sum")
-                                             / metric(server.url, "aigc_batch_size_count"))
-        with mlflow_serve(f"models:/{env['AIGC_MODEL_NAME']}@champion", env,
-                          root / "mlflow-serve.log") as url:
-            for c in CONCURRENCY:
-                row = {"server": "mlflow models serve"} | load(mlflow_serve_client(url),
-                                                               prompts, c, args.seconds)
-                print(row, flush=True)
-                results["rows"].append(row)
-        workload = zipf_workload(prompts)
+        if args.size != "demo":
+            real_size(root, args.size.split(","), args.seconds, args.rounds)
+            return
+        model_dir, _, val = train_demo(root, args.steps)
+        env = serve_champion(root, model_dir, MODEL_NAME)
+        tokenizer = _tokenizer(model_dir)
+        secret = keys()
+        results: dict = {"machine": machine()}
+        with servers(env, secret, root, tokenizer) as sends:
+            results["rows"] = compare(sends, Workload(tokenizer, corpus()), args.seconds,
+                                      args.rounds, "demo")
+        workload = zipf_workload(sorted(set(val["prompt"])))
         for name, size in (("cache on", "4096"), ("cache off", "0")):
-            with local_server(env | keys | {"AIGC_CACHE_SIZE": size},
+            with local_server(env | secret | {"AIGC_CACHE_SIZE": size},
                               root / f"{name}.log") as server:
                 wait_ready(server.url, 60)
-                results[name] = replay(server.url, keys["AIGC_API_KEYS"], workload)
+                results[name] = replay(server.url, secret["AIGC_API_KEYS"], workload)
                 print(name, results[name], flush=True)
-    write(results)
+    write(results, args)
 
 
-def write(results: dict) -> None:
+def write(results: dict, args: argparse.Namespace) -> None:
     out = PROJECT_ROOT / "bench" / "results" / "serving.json"
     out.write_text(json.dumps(results, indent=2))
-    rows = results["rows"]
-    lines = [f"`.venv/bin/python bench/server_load.py` — {results['machine']}; demo model, "
-             f"{results['new_tokens']} new tokens per request, sampled (no cache hits); "
-             "closed loop, each client sends back to back.", "",
-             "| server | concurrency | req/s | P50 ms | P99 ms | errors |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['server']} | {r['concurrency']} | {r['rps']:.1f} | {r['p50_ms']:.0f} | "
-              f"{r['p99_ms']:.0f} | {r['errors']} |" for r in rows]
-    by = {(r["server"], r["concurrency"]): r for r in rows}
-    lines += ["", f"Mean batch with batching on: {results['mean_batch']:.1f} requests.", ""]
-    for c in CONCURRENCY:
-        on, off = by[("ours, batching on", c)], by[("ours, batching off", c)]
-        ml = by[("mlflow models serve", c)]
-        lines.append(f"- concurrency {c}: batching {on['rps'] / off['rps']:.2f}x the "
-                     f"throughput of no batching, {on['rps'] / ml['rps']:.2f}x mlflow models "
-                     "serve" + (" (target >= 3x at 16)" if c == 16 else ""))
+    lines = [f"`.venv/bin/python bench/server_load.py --seconds {args.seconds:g} --rounds "
+             f"{args.rounds}` — {results['machine']}; demo model; mixed workload: prompt "
+             f"tokens and max_tokens drawn from {LENGTHS[0]}-{LENGTHS[1]}, sampled at "
+             "temperature 0.8 (no cache hits); closed loop, each client sends back to back; "
+             "streamed completions (time to first token = the first event).", ""]
+    lines += table(results["rows"])
     on, off = results["cache on"], results["cache off"]
     saved = 1 - on["generated_tokens"] / off["generated_tokens"]
     lines += ["", f"Cache, Zipf(s={ZIPF_S}) over {ZIPF_PROMPTS} prompts, {ZIPF_REQUESTS} greedy "
-              "requests at concurrency 16:",
+              f"requests of {NEW_TOKENS} tokens at concurrency 16:",
               f"- hit ratio {on['cached'] / on['requests']:.1%}; generated tokens "
               f"{on['generated_tokens']:.0f} vs {off['generated_tokens']:.0f} without the cache "
               f"-> {saved:.1%} of the model compute saved (target >= 60%); wall "

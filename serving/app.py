@@ -19,9 +19,11 @@ from serving.cache import ResponseCache
 from serving.engine import GenItem
 from serving.guard import bearer, guarded_route, matches
 from serving.jobs import MemoryJobs, RedisJobs
+from serving.limits import Limits, RateLimited, key_id, retry_after
 from serving.openai import error_body
 from serving.openai import router as openai_router
 from serving.pool import ModelPool, Serving
+from serving.redis_tier import RedisTier, RedisUnavailable
 from serving.service import MAX_SEED, Service
 from serving.settings import ServerSettings
 from serving.telemetry import Telemetry
@@ -102,20 +104,35 @@ def create_app(settings: ServerSettings) -> FastAPI:
     pool = ModelPool(settings,
                      on_step=lambda v, n: telemetry.batch_size.labels(v).observe(n),
                      on_load_error=lambda a: telemetry.load_failures.labels(a).inc())
-    cache = ResponseCache(settings.cache_size, settings.redis_url, settings.cache_ttl_s)
+    redis = (RedisTier(settings.redis_url, on_state=telemetry.redis_open.set)
+             if settings.redis_url else None)
+    cache = ResponseCache(settings.cache_size, redis, settings.cache_ttl_s)
     store = FeedbackStore(settings.feedback_db)
-    jobs = RedisJobs(settings.redis_url) if settings.redis_url else MemoryJobs()
-    service = Service(settings, pool, cache, store, telemetry)
+    jobs = RedisJobs(redis) if redis else MemoryJobs()
+    limits = Limits(settings.limit, settings.key_limits, redis)
+    for kid, kind, value in limits.described(sorted(settings.key_limits)):
+        telemetry.rate_limit.labels(kid, kind).set(value)
+    service = Service(settings, pool, cache, store, telemetry, limits)
     GenerateRequest = generate_request_model(settings)  # noqa: N806 - a class
     guarded = guarded_route(lambda: (settings.api_keys, settings.admin_key),
                             settings.max_body_bytes)
 
-    def client(authorization: Annotated[str | None, Header()] = None,
-               x_api_key: Annotated[str | None, Header()] = None) -> str:
+    async def client(authorization: Annotated[str | None, Header()] = None,
+                     x_api_key: Annotated[str | None, Header()] = None) -> str:
+        """The client's key id, once the key is known and within its limits."""
         key = bearer(authorization, x_api_key)
         if key is None or not matches(key, settings.api_keys):
             raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
-        return key
+        kid = key_id(key)
+        try:
+            await limits.admit(key)
+        except RateLimited as exc:
+            telemetry.rate_limited.labels(kid, exc.kind).inc()
+            value = getattr(limits.limit(kid), exc.kind)
+            raise HTTPException(429, f"key {kid} is over its limit of {value:g} {exc.kind}; "
+                                f"retry after {exc.retry_after_s:.1f}s",
+                                headers=retry_after(exc.retry_after_s)) from None
+        return kid
 
     def admin(authorization: Annotated[str | None, Header()] = None,
               x_api_key: Annotated[str | None, Header()] = None) -> None:
@@ -123,14 +140,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
         if key is None or not matches(key, (settings.admin_key,)):
             raise HTTPException(403, "this endpoint needs the admin key")
 
-    async def serve(body: Any, sticky: str | None) -> tuple[dict[str, Any], dict[str, str]]:
+    async def serve(body: Any, sticky: str | None, kid: str | None,
+                    ) -> tuple[dict[str, Any], dict[str, str]]:
         """Route, answer from the cache or the model, record; (body, headers)."""
         params = {"max_new_tokens": body.max_new_tokens, "temperature": body.temperature,
                   "top_p": body.top_p, "seed": body.seed}
         seed = body.seed if body.seed is not None else random.randint(0, MAX_SEED)
         item = GenItem(body.prompt, Sampling(body.max_new_tokens, body.temperature,
                                              body.top_p), seed)
-        gen = await service.complete(service.begin(item, params, body.prompt, sticky))
+        gen = await service.complete(await service.begin(item, params, body.prompt, sticky,
+                                                               kid))
         if gen.finish == FINISH_ERROR:
             raise HTTPException(500, f"model version {gen.version} failed: {gen.error}",
                                 headers=gen.headers())
@@ -140,9 +159,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
                  "latency_ms": round((time.perf_counter() - gen.started) * 1000, 3)},
                 gen.headers())
 
-    async def run_job(request: dict[str, Any]) -> dict[str, Any]:
+    async def run_job(request: dict[str, Any], kid: str | None) -> dict[str, Any]:
         body = GenerateRequest.model_validate(request)
-        result, _ = await serve(body, body.user)
+        result, _ = await serve(body, body.user, kid)
         return result
 
     @contextlib.asynccontextmanager
@@ -159,6 +178,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         yield
         pool.stop()
         await jobs.close()
+        if redis is not None:
+            await redis.close()
         for model in (pool.state.champion, pool.state.challenger):
             if model is not None:
                 model.engine.retire()
@@ -194,10 +215,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return JSONResponse(body, exc.status_code, headers=exc.headers)
 
     @keyed.post("/v1/generate", summary="Generate a reply (routed champion/challenger)")
-    async def generate(body: GenerateRequest, _: Annotated[str, Depends(client)],
+    async def generate(body: GenerateRequest, kid: Annotated[str, Depends(client)],
                        x_session_id: Annotated[str | None, Header(max_length=128)] = None,
                        ) -> JSONResponse:
-        result, headers = await serve(body, body.user or x_session_id)
+        result, headers = await serve(body, body.user or x_session_id, kid)
         return JSONResponse(result, headers=headers)
 
     @keyed.post("/v1/feedback", status_code=201, summary="Rate a served response")
@@ -221,14 +242,22 @@ def create_app(settings: ServerSettings) -> FastAPI:
                             status_code=201 if created else 200)
 
     @keyed.post("/v1/jobs", status_code=202, summary="Queue a long generation")
-    async def submit_job(body: GenerateRequest, _: Annotated[str, Depends(client)],
+    async def submit_job(body: GenerateRequest, kid: Annotated[str, Depends(client)],
                          ) -> dict[str, str]:
-        job_id = await jobs.submit(body.model_dump())
+        try:
+            job_id = await jobs.submit(body.model_dump(), kid)
+        except RedisUnavailable as exc:
+            raise HTTPException(503, f"the job queue is unavailable: {exc}",
+                                headers={"Retry-After": "5"}) from None
         return {"job_id": job_id, "status": "queued", "status_url": f"/v1/jobs/{job_id}"}
 
     @keyed.get("/v1/jobs/{job_id}", summary="A job's status and, when done, its result")
     async def get_job(job_id: str, _: Annotated[str, Depends(client)]) -> dict[str, Any]:
-        job = await jobs.get(job_id)
+        try:
+            job = await jobs.get(job_id)
+        except RedisUnavailable as exc:
+            raise HTTPException(503, f"the job queue is unavailable: {exc}",
+                                headers={"Retry-After": "5"}) from None
         if job is None:
             raise HTTPException(404, f"job_id: {job_id} is unknown (or expired)")
         return job
@@ -263,7 +292,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         for model in (state.champion, state.challenger):
             if model is not None:
                 telemetry.active.labels(model.version).set(model.engine.active)
-        telemetry.jobs_queued.set(await jobs.depth())
+        with contextlib.suppress(RedisUnavailable):  # metrics never wait on Redis
+            telemetry.jobs_queued.set(await jobs.depth())
         return Response(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)
 
     @keyed.get("/admin/canary", summary="Served versions and the challenger weight")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import threading
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from serving.redis_tier import RedisTier, RedisUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +39,25 @@ def is_deterministic(temperature: float, seed: int | None) -> bool:
 class ResponseCache:
     """get/put of JSON values. Local hits are free; Redis shares hits across replicas.
 
-    A Redis outage degrades to the local tier (logged), never to a failed request."""
+    A Redis outage degrades to the local tier (the tier's breaker keeps it from costing
+    every request a timeout), never to a failed request."""
 
-    def __init__(self, size: int, redis_url: str | None = None, ttl_s: int = 3600) -> None:
+    def __init__(self, size: int, redis: RedisTier | None = None, ttl_s: int = 3600) -> None:
         self.size = size
         self.ttl_s = ttl_s
+        self.redis = redis
         self._local: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self._redis = None
-        if redis_url:
-            import redis
 
-            self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.5,
-                                               socket_connect_timeout=0.5)
-
-    def get(self, key: str) -> tuple[Any, str | None]:
+    async def get(self, key: str) -> tuple[Any, str | None]:
         """(value, tier) where tier is 'local', 'redis' or None on a miss."""
-        with self._lock:
-            if key in self._local:
-                self._local.move_to_end(key)
-                return self._local[key], "local"
-        if self._redis is not None:
+        if key in self._local:
+            self._local.move_to_end(key)
+            return self._local[key], "local"
+        if self.redis is not None:
             try:
-                raw = self._redis.get(key)
-            except Exception as exc:  # noqa: BLE001 - any Redis failure means a miss
-                log.warning("redis cache unavailable: %s", exc)
+                raw = await self.redis.call(lambda r: r.get(key))
+            except RedisUnavailable as exc:
+                log.debug("cache miss: %s", exc)
                 raw = None
             if raw is not None:
                 value = json.loads(raw)
@@ -69,19 +65,18 @@ class ResponseCache:
                 return value, "redis"
         return None, None
 
-    def put(self, key: str, value: Any) -> None:
+    async def put(self, key: str, value: Any) -> None:
         self._remember(key, value)
-        if self._redis is not None:
-            try:
-                self._redis.set(key, json.dumps(value, ensure_ascii=False), ex=self.ttl_s)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("redis cache unavailable: %s", exc)
+        if self.redis is not None:
+            payload = json.dumps(value, ensure_ascii=False)
+            with contextlib.suppress(RedisUnavailable):
+                await self.redis.call(lambda r: r.set(key, payload, ex=self.ttl_s))
 
     def _remember(self, key: str, value: Any) -> None:
+        # Only the event loop touches the local tier: no lock needed.
         if self.size <= 0:
             return
-        with self._lock:
-            self._local[key] = value
-            self._local.move_to_end(key)
-            while len(self._local) > self.size:
-                self._local.popitem(last=False)
+        self._local[key] = value
+        self._local.move_to_end(key)
+        while len(self._local) > self.size:
+            self._local.popitem(last=False)

@@ -179,7 +179,7 @@ def _finish_reason(gen: Generation) -> str:
     return "length" if gen.finish == "length" else "stop"
 
 
-def router(service: Service, settings: ServerSettings, client: Callable[..., str],
+def router(service: Service, settings: ServerSettings, client: Callable[..., Any],
            route_class: type) -> APIRouter:
     api = APIRouter(route_class=route_class, tags=["OpenAI-compatible"])
     CompletionRequest, ChatRequest = request_models(settings)  # noqa: N806 - classes
@@ -218,23 +218,24 @@ def router(service: Service, settings: ServerSettings, client: Callable[..., str
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers=gen.headers() | {"Cache-Control": "no-cache"})
 
-    def start(body: Any, prompt: str | tuple[dict[str, str], ...], record_prompt: str,
-              max_tokens: int, raw: bool, sticky: str | None) -> Generation:
+    async def start(body: Any, prompt: str | tuple[dict[str, str], ...], record_prompt: str,
+                    max_tokens: int, raw: bool, sticky: str | None, kid: str) -> Generation:
         seed = body.seed if body.seed is not None else random.randint(0, MAX_SEED)
         sampling = Sampling(max_tokens, body.temperature, body.top_p, body.stops())
         params = {"max_new_tokens": max_tokens, "temperature": body.temperature,
                   "top_p": body.top_p, "seed": body.seed,
                   **({"stop": list(body.stops())} if body.stop else {}),
                   **({"raw": True} if raw else {})}
-        return service.begin(GenItem(prompt, sampling, seed, raw), params, record_prompt,
-                             sticky, _pinned(settings, body.model))
+        return await service.begin(GenItem(prompt, sampling, seed, raw), params, record_prompt,
+                                   sticky, kid, _pinned(settings, body.model))
 
     @api.post("/v1/completions", summary="Complete a prompt (OpenAI-compatible)")
-    async def completions(body: CompletionRequest, _: Annotated[str, Depends(client)],
+    async def completions(body: CompletionRequest, kid: Annotated[str, Depends(client)],
                           x_session_id: Annotated[str | None, Header(max_length=128)] = None,
                           ) -> Any:
         text = body.text()
-        gen = start(body, text, text, body.max_tokens, True, body.user or x_session_id)
+        gen = await start(body, text, text, body.max_tokens, True, body.user or x_session_id,
+                          kid)
 
         def shape(g: Generation, piece: str, finish: str | None, _first: bool,
                   ) -> dict[str, Any]:
@@ -246,12 +247,12 @@ def router(service: Service, settings: ServerSettings, client: Callable[..., str
         return await answer(gen, body.stream, _usage_asked(body), shape)
 
     @api.post("/v1/chat/completions", summary="Answer a conversation (OpenAI-compatible)")
-    async def chat(body: ChatRequest, _: Annotated[str, Depends(client)],
+    async def chat(body: ChatRequest, kid: Annotated[str, Depends(client)],
                    x_session_id: Annotated[str | None, Header(max_length=128)] = None,
                    ) -> Any:
         conversation = body.conversation()
-        gen = start(body, conversation, conversation[-1]["content"], body.token_limit(), False,
-                    body.user or x_session_id)
+        gen = await start(body, conversation, conversation[-1]["content"],
+                          body.token_limit(), False, body.user or x_session_id, kid)
 
         def shape(g: Generation, piece: str, finish: str | None, first: bool,
                   ) -> dict[str, Any]:

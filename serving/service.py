@@ -17,6 +17,7 @@ from fastapi import HTTPException
 
 from serving.cache import ResponseCache, cache_key, is_deterministic
 from serving.engine import Chunk, GenItem, Retired
+from serving.limits import Limits
 from serving.pool import LoadedModel, ModelPool
 from serving.settings import ServerSettings
 from serving.telemetry import Telemetry
@@ -39,6 +40,7 @@ class Generation:
     params: dict[str, Any]  # as the caller gave them (the seed only when it gave one)
     record_prompt: str  # what the request log stores as the prompt (masked there)
     sticky: str | None
+    key_id: str | None  # the client's, charged for the tokens generated
     cache_key: str | None
     cached: dict[str, Any] | None = None
     cache_tier: str | None = None
@@ -60,12 +62,13 @@ class Generation:
 
 class Service:
     def __init__(self, settings: ServerSettings, pool: ModelPool, cache: ResponseCache,
-                 store: FeedbackStore, telemetry: Telemetry) -> None:
+                 store: FeedbackStore, telemetry: Telemetry, limits: Limits) -> None:
         self.settings = settings
         self.pool = pool
         self.cache = cache
         self.store = store
         self.telemetry = telemetry
+        self.limits = limits
         self._background: set[asyncio.Task[None]] = set()
 
     def route(self, sticky: str | None, pinned: str | None = None) -> tuple[str, LoadedModel]:
@@ -77,17 +80,18 @@ class Service:
         except LookupError as exc:
             raise HTTPException(503, str(exc)) from None
 
-    def begin(self, item: GenItem, params: dict[str, Any], record_prompt: str,
-              sticky: str | None, pinned: str | None = None) -> Generation:
+    async def begin(self, item: GenItem, params: dict[str, Any], record_prompt: str,
+                    sticky: str | None, key_id: str | None,
+                    pinned: str | None = None) -> Generation:
         """Route a request and look it up in the cache (deterministic requests only)."""
         route, model = self.route(sticky, pinned)
         key = None
         if is_deterministic(params["temperature"], params.get("seed")):
             key = cache_key(model.version, item.prompt, params)
         gen = Generation(uuid.uuid4().hex, route, model, item, params, record_prompt, sticky,
-                         key)
+                         key_id, key)
         if key:
-            gen.cached, gen.cache_tier = self.cache.get(key)
+            gen.cached, gen.cache_tier = await self.cache.get(key)
             self.telemetry.cache.labels(gen.cache_tier or "miss").inc()
         return gen
 
@@ -138,31 +142,35 @@ class Service:
 
     async def _finish(self, gen: Generation) -> None:
         latency = time.perf_counter() - gen.started
-        t, version, cached = self.telemetry, gen.version, gen.cache_tier is not None
-        t.requests.labels(version, gen.route).inc()
-        t.latency.labels(version).observe(latency)
-        failed = gen.finish == FINISH_ERROR
-        if failed:
-            log.error("version %s failed: %s", version, gen.error)
-            t.errors.labels(version, gen.route).inc()
-        elif gen.finish == FINISH_CANCELLED:
-            t.cancelled.labels(version).inc()
-        elif not cached:
-            t.tokens.labels(version).inc(gen.tokens)
-            t.diversity.labels(version).observe(distinct_n([gen.text], 1))
-            if gen.first_token_s is not None:
-                t.first_token.labels(version).observe(gen.first_token_s)
-            if gen.cache_key:
-                self.cache.put(gen.cache_key, {"text": gen.text, "tokens": gen.tokens,
-                                               "finish": gen.finish})
-        error = gen.error if failed else (
+        cached = gen.cache_tier is not None
+        self._count(gen, latency)
+        if not cached and gen.key_id:
+            await self.limits.charge(gen.key_id, gen.tokens)
+        if gen.finish not in (FINISH_ERROR, FINISH_CANCELLED) and not cached and gen.cache_key:
+            await self.cache.put(gen.cache_key, {"text": gen.text, "tokens": gen.tokens,
+                                                 "finish": gen.finish})
+        error = gen.error if gen.finish == FINISH_ERROR else (
             f"cancelled: the client went away after {gen.tokens} tokens"
             if gen.finish == FINISH_CANCELLED else None)
         await asyncio.to_thread(self.store.log_request, RequestRecord(
             request_id=gen.request_id, model_name=self.settings.model_name,
-            model_version=version, route=gen.route, user_id=gen.sticky,
+            model_version=gen.version, route=gen.route, user_id=gen.sticky,
             prompt=gen.record_prompt, response=None if error else gen.text,
             params=gen.params, tokens=0 if error or cached else gen.tokens,
             latency_ms=latency * 1000, cached=cached, status="error" if error else "ok",
             error=error))
 
+    def _count(self, gen: Generation, latency: float) -> None:
+        t, version = self.telemetry, gen.version
+        t.requests.labels(version, gen.route).inc()
+        t.latency.labels(version).observe(latency)
+        if gen.finish == FINISH_ERROR:
+            log.error("version %s failed: %s", version, gen.error)
+            t.errors.labels(version, gen.route).inc()
+        elif gen.finish == FINISH_CANCELLED:
+            t.cancelled.labels(version).inc()
+        elif gen.cache_tier is None:
+            t.tokens.labels(version).inc(gen.tokens)
+            t.diversity.labels(version).observe(distinct_n([gen.text], 1))
+            if gen.first_token_s is not None:
+                t.first_token.labels(version).observe(gen.first_token_s)

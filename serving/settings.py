@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from serving.limits import Limit, parse_limits
 from tasks.errors import BadInput
 from tasks.settings import Settings
 
@@ -51,6 +52,8 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20
     max_new_tokens: int = 256
     reload_interval_s: float = 5.0
+    limit: Limit = Limit()  # per key unless key_limits names it
+    key_limits: dict[str, Limit] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.api_keys:
@@ -66,6 +69,9 @@ class ServerSettings:
     def from_env(cls, env: dict[str, str] | None = None) -> ServerSettings:
         env = dict(os.environ if env is None else env)
         base = Settings.from_env()
+        limit, key_limits = parse_limits(
+            _number(env, "AIGC_RATE_REQUESTS_PER_S", 0, 0, 1e6),
+            _number(env, "AIGC_RATE_TOKENS_PER_MIN", 0, 0, 1e12), env.get("AIGC_KEY_LIMITS"))
         return cls(
             model_name=env.get("AIGC_MODEL_NAME", "aigc-gpt2"),
             tracking_uri=env.get("MLFLOW_TRACKING_URI", base.tracking_uri),
@@ -87,4 +93,5 @@ class ServerSettings:
             max_body_bytes=int(_number(env, "AIGC_MAX_BODY_BYTES", 1 << 20, 1024, 1 << 30)),
             max_new_tokens=int(_number(env, "AIGC_MAX_NEW_TOKENS", 256, 1, 8192)),
             reload_interval_s=_number(env, "AIGC_RELOAD_INTERVAL_S", 5.0, 0.1, 3600),
+            limit=limit, key_limits=key_limits,
         )

@@ -55,5 +55,14 @@ class Telemetry:
                              ["alias", "version"], registry=r)
         self.load_failures = Counter("aigc_model_load_failures", "Model versions that failed to "
                                      "load, by alias.", ["alias"], registry=r)
+        self.rate_limited = Counter("aigc_rate_limited_requests", "Requests refused with 429, "
+                                    "by key id and limit (requests_per_s or tokens_per_min).",
+                                    ["key_id", "limit"], registry=r)
+        self.rate_limit = Gauge("aigc_rate_limit", "Configured limits (0: none), by key id "
+                                "('default' for keys not named) and limit.",
+                                ["key_id", "limit"], registry=r)
+        self.redis_open = Gauge("aigc_redis_circuit_open", "1 while Redis is skipped after "
+                                "repeated failures (cache misses, local limits, jobs 503).",
+                                registry=r)
         self.jobs_queued = Gauge("aigc_jobs_queued", "Async generation jobs waiting.",
                                  registry=r)

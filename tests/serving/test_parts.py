@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from serving.batching import Batcher
 from serving.cache import ResponseCache, cache_key, is_deterministic
 from serving.pool import in_canary
+from serving.redis_tier import RedisTier, RedisUnavailable
 from tests.conftest import require_service
 
 
@@ -53,29 +55,67 @@ def test_cache_key_normalises_the_prompt_and_separates_versions_and_parameters()
 
 
 def test_local_cache_evicts_the_least_recently_used():
-    cache = ResponseCache(size=2)
-    cache.put("a", 1)
-    cache.put("b", 2)
-    assert cache.get("a") == (1, "local")
-    cache.put("c", 3)
-    assert cache.get("b") == (None, None) and cache.get("a") == (1, "local")
+    async def main():
+        cache = ResponseCache(size=2)
+        await cache.put("a", 1)
+        await cache.put("b", 2)
+        assert await cache.get("a") == (1, "local")
+        await cache.put("c", 3)
+        assert await cache.get("b") == (None, None) and await cache.get("a") == (1, "local")
+
+    asyncio.run(main())
 
 
 def test_an_unreachable_redis_degrades_to_the_local_cache():
-    cache = ResponseCache(size=4, redis_url="redis://127.0.0.1:1/0")
-    cache.put("k", {"text": "x"})  # no exception
-    assert cache.get("k") == ({"text": "x"}, "local")
-    assert cache.get("other") == (None, None)
+    async def main():
+        cache = ResponseCache(size=4, redis=RedisTier("redis://127.0.0.1:1/0"))
+        await cache.put("k", {"text": "x"})  # no exception
+        assert await cache.get("k") == ({"text": "x"}, "local")
+        assert await cache.get("other") == (None, None)
+
+    asyncio.run(main())
 
 
 def test_redis_shares_entries_between_replicas():
     require_service("Redis", "127.0.0.1", 6379)
     url = "redis://127.0.0.1:6379/7"
-    a, b = ResponseCache(4, url, ttl_s=60), ResponseCache(4, url, ttl_s=60)
-    key = cache_key("1", "shared prompt", {"seed": 1})
-    a.put(key, {"text": "hello"})
-    assert b.get(key) == ({"text": "hello"}, "redis")
-    assert b.get(key) == ({"text": "hello"}, "local")  # now held locally too
+
+    async def main():
+        a, b = (ResponseCache(4, RedisTier(url), ttl_s=60) for _ in range(2))
+        key = cache_key("1", "shared prompt", {"seed": 1})
+        await a.put(key, {"text": "hello"})
+        assert await b.get(key) == ({"text": "hello"}, "redis")
+        assert await b.get(key) == ({"text": "hello"}, "local")  # now held locally too
+
+    asyncio.run(main())
+
+
+def test_the_breaker_opens_after_failures_and_lets_one_trial_through_after_the_pause():
+    """A hung Redis costs `threshold` timeouts, then calls fail at once until the pause ends."""
+    import socket
+
+    async def main():
+        with socket.socket() as hung:  # accepts connections (backlog), never answers
+            hung.bind(("127.0.0.1", 0))
+            hung.listen(16)
+            tier = RedisTier(f"redis://127.0.0.1:{hung.getsockname()[1]}/0", timeout_s=0.1,
+                             threshold=2, cooldown_s=0.5)
+            times = []
+            for _ in range(6):
+                began = time.perf_counter()
+                with pytest.raises(RedisUnavailable):
+                    await tier.call(lambda r: r.get("k"))
+                times.append(time.perf_counter() - began)
+            assert tier.open
+            assert all(t >= 0.09 for t in times[:2]) and all(t < 0.05 for t in times[2:])
+            await asyncio.sleep(0.6)
+            began = time.perf_counter()
+            with pytest.raises(RedisUnavailable):
+                await tier.call(lambda r: r.get("k"))  # the trial, which waits its timeout
+            assert time.perf_counter() - began >= 0.09
+            await tier.close()
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("weight", [0, 5, 50, 100])
