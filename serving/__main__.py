@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from tasks.errors import EXIT_BAD_INPUT, BadInput
@@ -12,17 +13,20 @@ def main() -> int:
     import uvicorn
 
     from serving.app import create_app
+    from serving.observe import configure_logging
     from serving.settings import ServerSettings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s")
+    configure_logging(os.environ.get("AIGC_LOG_FORMAT", "json"))
     try:
         settings = ServerSettings.from_env()
     except BadInput as exc:
         logging.error("%s", exc)
         return EXIT_BAD_INPUT
+    # SIGTERM: stop accepting, finish what was accepted (up to the drain timeout), then
+    # stop the models; the pod's terminationGracePeriodSeconds should exceed the timeout.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level="warning", access_log=False)
+                log_level="warning", access_log=False, log_config=None,
+                timeout_graceful_shutdown=settings.drain_timeout_s)
     return 0
 
 

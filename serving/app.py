@@ -20,6 +20,7 @@ from serving.engine import GenItem
 from serving.guard import bearer, guarded_route, matches
 from serving.jobs import MemoryJobs, RedisJobs
 from serving.limits import Limits, RateLimited, key_id, retry_after
+from serving.observe import AccessLog, adopt_library_loggers, note, shutdown_tracing, tracer
 from serving.openai import error_body
 from serving.openai import router as openai_router
 from serving.pool import ModelPool, Serving
@@ -124,6 +125,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         if key is None or not matches(key, settings.api_keys):
             raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
         kid = key_id(key)
+        note(key_id=kid)
         try:
             await limits.admit(key)
         except RateLimited as exc:
@@ -173,6 +175,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             await asyncio.to_thread(pool.refresh)
         except Exception:  # noqa: BLE001 - readyz says so; the poller keeps trying
             log.exception("initial model load failed")
+        adopt_library_loggers()  # loading a model attached some
         pool.start()
         jobs.start(run_job, settings.job_workers)
         yield
@@ -180,6 +183,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         await jobs.close()
         if redis is not None:
             await redis.close()
+        if traces is not None:
+            shutdown_tracing()
         for model in (pool.state.champion, pool.state.challenger):
             if model is not None:
                 model.engine.retire()
@@ -190,6 +195,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                   "continuous batching, token streaming, an OpenAI-compatible API, a response "
                   "cache and feedback capture.")
     app.state.pool, app.state.store, app.state.telemetry = pool, store, telemetry
+    traces = tracer()
+    app.add_middleware(AccessLog, tracer=traces)
     keyed = APIRouter(route_class=guarded)
 
     def openai_path(request: Request) -> bool:

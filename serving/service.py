@@ -18,9 +18,11 @@ from fastapi import HTTPException
 from serving.cache import ResponseCache, cache_key, is_deterministic
 from serving.engine import Chunk, GenItem, Retired
 from serving.limits import Limits
+from serving.observe import note
 from serving.pool import LoadedModel, ModelPool
 from serving.settings import ServerSettings
 from serving.telemetry import Telemetry
+from tasks.data.pii import mask_text
 from tasks.feedback.store import FeedbackStore, RequestRecord
 from tasks.lm.generate import FINISH_CANCELLED, FINISH_ERROR
 from tasks.text import distinct_n
@@ -90,6 +92,7 @@ class Service:
             key = cache_key(model.version, item.prompt, params)
         gen = Generation(uuid.uuid4().hex, route, model, item, params, record_prompt, sticky,
                          key_id, key)
+        note(request_id=gen.request_id, model_version=model.version, route=route)
         if key:
             gen.cached, gen.cache_tier = await self.cache.get(key)
             self.telemetry.cache.labels(gen.cache_tier or "miss").inc()
@@ -144,6 +147,7 @@ class Service:
         latency = time.perf_counter() - gen.started
         cached = gen.cache_tier is not None
         self._count(gen, latency)
+        self._note(gen)
         if not cached and gen.key_id:
             await self.limits.charge(gen.key_id, gen.tokens)
         if gen.finish not in (FINISH_ERROR, FINISH_CANCELLED) and not cached and gen.cache_key:
@@ -159,6 +163,12 @@ class Service:
             params=gen.params, tokens=0 if error or cached else gen.tokens,
             latency_ms=latency * 1000, cached=cached, status="error" if error else "ok",
             error=error))
+
+    def _note(self, gen: Generation) -> None:
+        note(tokens=gen.tokens, prompt_tokens=gen.prompt_tokens, finish=gen.finish,
+             cache=gen.cache_tier or ("miss" if gen.cache_key else None), error=gen.error)
+        if self.settings.log_prompts:
+            note(prompt=mask_text(gen.record_prompt), response=mask_text(gen.text))
 
     def _count(self, gen: Generation, latency: float) -> None:
         t, version = self.telemetry, gen.version

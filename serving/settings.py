@@ -52,6 +52,9 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20
     max_new_tokens: int = 256
     reload_interval_s: float = 5.0
+    drain_timeout_s: float = 25.0  # below Kubernetes' default 30 s grace period
+    log_format: str = "json"  # or "text"
+    log_prompts: bool = False  # masked prompts and responses in the access lines
     limit: Limit = Limit()  # per key unless key_limits names it
     key_limits: dict[str, Limit] = field(default_factory=dict)
 
@@ -62,6 +65,8 @@ class ServerSettings:
             raise BadInput("AIGC_ADMIN_KEY: no admin key configured")
         if self.batching not in BATCHING_MODES:
             raise BadInput(f"AIGC_BATCHING: {self.batching!r} is not one of {BATCHING_MODES}")
+        if self.log_format not in ("json", "text"):
+            raise BadInput(f"AIGC_LOG_FORMAT: {self.log_format!r} is not json or text")
         if self.admin_key in self.api_keys:
             raise BadInput("AIGC_ADMIN_KEY: must differ from every client key")
 
@@ -93,5 +98,8 @@ class ServerSettings:
             max_body_bytes=int(_number(env, "AIGC_MAX_BODY_BYTES", 1 << 20, 1024, 1 << 30)),
             max_new_tokens=int(_number(env, "AIGC_MAX_NEW_TOKENS", 256, 1, 8192)),
             reload_interval_s=_number(env, "AIGC_RELOAD_INTERVAL_S", 5.0, 0.1, 3600),
+            drain_timeout_s=_number(env, "AIGC_DRAIN_TIMEOUT_S", 25.0, 0, 3600),
+            log_format=env.get("AIGC_LOG_FORMAT", "json"),
+            log_prompts=env.get("AIGC_LOG_PROMPTS", "0") == "1",
             limit=limit, key_limits=key_limits,
         )

@@ -41,6 +41,8 @@ def render_server_objects(*, name: str, namespace: str, image: str, model_name: 
     meta = {"name": name, "namespace": namespace, "labels": dict(selector)}
     env = server_env(model_name=model_name, version=version, tracking_uri=tracking_uri,
                      secret_name=secret_name)
+    # The server's own drain ends before the kubelet's grace period would kill it.
+    env.append({"name": "AIGC_DRAIN_TIMEOUT_S", "value": str(DRAIN_SECONDS - 5)})
     container = server_container(image=image, env=env, cpu=cpu, memory=memory, gpus=gpus,
                                  name="server")
     deployment = {

@@ -24,7 +24,7 @@ class Registry:
     settings: object
     prep: dict
     name: str
-    versions: dict[str, str]  # role -> version: champion, healthy, broken, slow
+    versions: dict[str, str]  # role -> version: champion, healthy, broken, slow, corrupt
 
     def env(self) -> dict[str, str]:
         return self.settings.to_env() | {"AIGC_MODEL_NAME": self.name}
@@ -53,6 +53,19 @@ def _faulty_dir(model_dir: str, target: Path, mode: str) -> str:
     return str(target)
 
 
+def _corrupt_dir(model_dir: str, target: Path) -> str:
+    """A version that cannot load: its weights file holds no model."""
+    from transformers import AutoTokenizer
+
+    from tasks.lm.artifact import write_manifest
+
+    target.mkdir(parents=True)
+    (target / "model.pt").write_bytes(b"not a model")
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(str(target))
+    write_manifest(target, "torch", 32)
+    return str(target)
+
+
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory) -> Registry:
     from tasks.registry.register import register
@@ -68,7 +81,8 @@ def registry(tmp_path_factory) -> Registry:
     model_dir = train["model_uri"]
     dirs = {"champion": model_dir, "healthy": model_dir,
             "broken": _faulty_dir(model_dir, root / "broken", "raise"),
-            "slow": _faulty_dir(model_dir, root / "slow", "slow")}
+            "slow": _faulty_dir(model_dir, root / "slow", "slow"),
+            "corrupt": _corrupt_dir(model_dir, root / "corrupt")}
     ctx = StageContext(stage="register", dag_id="d", run_id="r", config=cfg, settings=settings)
     versions = {}
     with stage_run(ctx):
@@ -86,6 +100,8 @@ class Server:
     api_key: str
     admin_key: str
     feedback_db: Path
+    proc: object = None  # the server's process (a test may signal it)
+    log: Path | None = None
 
     def headers(self, admin: bool = False) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_key if admin else self.api_key}"}
@@ -104,5 +120,6 @@ def start_server(registry: Registry, tmp: Path, keys: dict[str, str] | None = No
     with local_server(registry.env() | keys | {"AIGC_FEEDBACK_DB": str(db),
                                                "AIGC_RELOAD_INTERVAL_S": "0.5"} | env,
                       tmp / "server.log") as server:
-        yield Server(server.url, keys["AIGC_API_KEYS"], keys["AIGC_ADMIN_KEY"], db)
+        yield Server(server.url, keys["AIGC_API_KEYS"], keys["AIGC_ADMIN_KEY"], db,
+                     server.proc, tmp / "server.log")
 
