@@ -26,7 +26,8 @@ def main() -> int:
     # stop the models; the pod's terminationGracePeriodSeconds should exceed the timeout.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level="warning", access_log=False, log_config=None,
-                timeout_graceful_shutdown=settings.drain_timeout_s)
+                timeout_graceful_shutdown=settings.drain_timeout_s,
+                timeout_keep_alive=settings.keep_alive_s)
     return 0
 
 

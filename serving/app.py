@@ -6,7 +6,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
@@ -19,7 +19,7 @@ from serving.cache import ResponseCache
 from serving.engine import GenItem
 from serving.guard import bearer, guarded_route, matches
 from serving.jobs import MemoryJobs, RedisJobs
-from serving.limits import Limits, RateLimited, key_id, retry_after
+from serving.limits import FEEDBACK, REQUESTS, TOKENS, Limits, RateLimited, key_id, retry_after
 from serving.observe import AccessLog, adopt_library_loggers, note, shutdown_tracing, tracer
 from serving.openai import error_body
 from serving.openai import router as openai_router
@@ -30,6 +30,7 @@ from serving.settings import ServerSettings
 from serving.telemetry import Telemetry
 from tasks.feedback.store import (
     FeedbackConflict,
+    FeedbackLimit,
     FeedbackRecord,
     FeedbackStore,
     UnknownRequest,
@@ -118,23 +119,32 @@ def create_app(settings: ServerSettings) -> FastAPI:
     guarded = guarded_route(lambda: (settings.api_keys, settings.admin_key),
                             settings.max_body_bytes)
 
-    async def client(authorization: Annotated[str | None, Header()] = None,
-                     x_api_key: Annotated[str | None, Header()] = None) -> str:
-        """The client's key id, once the key is known and within its limits."""
-        key = bearer(authorization, x_api_key)
-        if key is None or not matches(key, settings.api_keys):
-            raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
-        kid = key_id(key)
-        note(key_id=kid)
-        try:
-            await limits.admit(key)
-        except RateLimited as exc:
-            telemetry.rate_limited.labels(kid, exc.kind).inc()
-            value = getattr(limits.limit(kid), exc.kind)
-            raise HTTPException(429, f"key {kid} is over its limit of {value:g} {exc.kind}; "
-                                f"retry after {exc.retry_after_s:.1f}s",
-                                headers=retry_after(exc.retry_after_s)) from None
-        return kid
+    def client(*kinds: str) -> Callable[..., Awaitable[str]]:
+        """A dependency: the client's key id, once the key is known and within these of
+        its limits."""
+
+        async def check(authorization: Annotated[str | None, Header()] = None,
+                        x_api_key: Annotated[str | None, Header()] = None) -> str:
+            key = bearer(authorization, x_api_key)
+            if key is None or not matches(key, settings.api_keys):
+                raise HTTPException(401, "invalid API key",
+                                    headers={"WWW-Authenticate": "Bearer"})
+            kid = key_id(key)
+            note(key_id=kid)
+            try:
+                await limits.admit(kid, kinds)
+            except RateLimited as exc:
+                telemetry.rate_limited.labels(kid, exc.kind).inc()
+                value = getattr(limits.limit(kid), exc.kind)
+                raise HTTPException(429, f"key {kid} is over its limit of {value:g} "
+                                    f"{exc.kind}; retry after {exc.retry_after_s:.1f}s",
+                                    headers=retry_after(exc.retry_after_s)) from None
+            return kid
+
+        return check
+
+    generating, reading, rating = (client(REQUESTS, TOKENS), client(REQUESTS),
+                                   client(REQUESTS, FEEDBACK))
 
     def admin(authorization: Annotated[str | None, Header()] = None,
               x_api_key: Annotated[str | None, Header()] = None) -> None:
@@ -222,26 +232,27 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return JSONResponse(body, exc.status_code, headers=exc.headers)
 
     @keyed.post("/v1/generate", summary="Generate a reply (routed champion/challenger)")
-    async def generate(body: GenerateRequest, kid: Annotated[str, Depends(client)],
+    async def generate(body: GenerateRequest, kid: Annotated[str, Depends(generating)],
                        x_session_id: Annotated[str | None, Header(max_length=128)] = None,
                        ) -> JSONResponse:
         result, headers = await serve(body, body.user or x_session_id, kid)
         return JSONResponse(result, headers=headers)
 
     @keyed.post("/v1/feedback", status_code=201, summary="Rate a served response")
-    async def feedback(body: FeedbackRequest, _: Annotated[str, Depends(client)],
+    async def feedback(body: FeedbackRequest, _: Annotated[str, Depends(rating)],
                        ) -> JSONResponse:
         record = FeedbackRecord(feedback_id=body.feedback_id or uuid.uuid4().hex,
                                 request_id=body.request_id, rating=body.rating,
                                 thumbs=body.thumbs, comment=body.comment)
         try:
-            row, created = await run_in_threadpool(store.add_feedback, record)
+            row, created, first = await run_in_threadpool(
+                store.add_feedback, record, settings.max_feedback_per_request)
         except UnknownRequest:
             raise HTTPException(404, f"request_id: {body.request_id} was not served here"
                                 ) from None
-        except FeedbackConflict as exc:
+        except (FeedbackConflict, FeedbackLimit) as exc:
             raise HTTPException(409, str(exc)) from None
-        if created:
+        if first:  # one verdict per request: one client cannot sway a rollout by repeating
             telemetry.feedback.labels(row["model_version"],
                                       "positive" if record.positive else "negative").inc()
         return JSONResponse({"feedback_id": row["feedback_id"], "request_id": row["request_id"],
@@ -249,7 +260,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                             status_code=201 if created else 200)
 
     @keyed.post("/v1/jobs", status_code=202, summary="Queue a long generation")
-    async def submit_job(body: GenerateRequest, kid: Annotated[str, Depends(client)],
+    async def submit_job(body: GenerateRequest, kid: Annotated[str, Depends(generating)],
                          ) -> dict[str, str]:
         try:
             job_id = await jobs.submit(body.model_dump(), kid)
@@ -259,7 +270,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return {"job_id": job_id, "status": "queued", "status_url": f"/v1/jobs/{job_id}"}
 
     @keyed.get("/v1/jobs/{job_id}", summary="A job's status and, when done, its result")
-    async def get_job(job_id: str, _: Annotated[str, Depends(client)]) -> dict[str, Any]:
+    async def get_job(job_id: str, _: Annotated[str, Depends(reading)]) -> dict[str, Any]:
         try:
             job = await jobs.get(job_id)
         except RedisUnavailable as exc:
@@ -323,5 +334,5 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return canary_state()
 
     app.include_router(keyed)
-    app.include_router(openai_router(service, settings, client, guarded))
+    app.include_router(openai_router(service, settings, generating, reading, guarded))
     return app

@@ -1,5 +1,6 @@
-"""Per API key limits, as a gateway sets them: requests per second and generated tokens per
-minute, each a token bucket. Over a limit → 429 with Retry-After.
+"""Per API key limits, as a gateway sets them: requests per second, generated tokens per
+minute and feedback posts per minute, each a token bucket. Over a limit → 429 with
+Retry-After.
 
 Buckets live in Redis when it is configured (one Lua script, atomic, on Redis' clock, so
 replicas share them) and in this process otherwise, or while Redis is unavailable. Requests
@@ -23,7 +24,8 @@ from typing import Any
 from serving.redis_tier import RedisTier, RedisUnavailable
 from tasks.errors import BadInput
 
-REQUESTS, TOKENS = "requests_per_s", "tokens_per_min"
+REQUESTS, TOKENS, FEEDBACK = "requests_per_s", "tokens_per_min", "feedback_per_min"
+KINDS = (REQUESTS, TOKENS, FEEDBACK)
 NO_NEED = -1e18  # a charge is always taken
 
 # KEYS[1]: the bucket; ARGV: capacity, refill per second, cost, level needed first.
@@ -53,22 +55,23 @@ def key_id(key: str) -> str:
 class Limit:
     requests_per_s: float = 0.0  # 0: no limit
     tokens_per_min: float = 0.0
+    feedback_per_min: float = 0.0
 
     def bucket(self, kind: str) -> tuple[float, float] | None:
         """(capacity, refill per second), or None where unlimited. A second's requests may
-        come at once (at least one); a minute's tokens may be spent at once."""
-        if kind == REQUESTS and self.requests_per_s > 0:
-            return max(self.requests_per_s, 1.0), self.requests_per_s
-        if kind == TOKENS and self.tokens_per_min > 0:
-            return self.tokens_per_min, self.tokens_per_min / 60
-        return None
+        come at once (at least one); a minute's tokens or feedback may be spent at once."""
+        value = getattr(self, kind)
+        if value <= 0:
+            return None
+        if kind == REQUESTS:
+            return max(value, 1.0), value
+        return value, value / 60
 
 
-def parse_limits(default_rps: float, default_tpm: float, per_key: str | None,
-                 ) -> tuple[Limit, dict[str, Limit]]:
+def parse_limits(default: Limit, per_key: str | None) -> tuple[Limit, dict[str, Limit]]:
     """The default limit and the per-key ones (`AIGC_KEY_LIMITS`: JSON object of key id →
-    {"requests_per_s": .., "tokens_per_min": ..})."""
-    default = Limit(default_rps, default_tpm)
+    {"requests_per_s": .., "tokens_per_min": .., "feedback_per_min": ..}; what a key does
+    not name is the default)."""
     if not per_key:
         return default, {}
     try:
@@ -80,10 +83,10 @@ def parse_limits(default_rps: float, default_tpm: float, per_key: str | None,
     limits = {}
     for kid, spec in raw.items():
         where = f"AIGC_KEY_LIMITS.{kid}"
-        if not isinstance(spec, dict) or set(spec) - {REQUESTS, TOKENS}:
-            raise BadInput(f"{where}: give an object with {REQUESTS} and/or {TOKENS}")
+        if not isinstance(spec, dict) or set(spec) - set(KINDS):
+            raise BadInput(f"{where}: give an object with any of {', '.join(KINDS)}")
         values = {}
-        for name in (REQUESTS, TOKENS):
+        for name in KINDS:
             value = spec.get(name, getattr(default, name))
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise BadInput(f"{where}.{name}: {value!r} is not a number >= 0")
@@ -137,11 +140,11 @@ class Limits:
                 pass  # this replica's own buckets until Redis is back
         return self._take_local(bucket, cap, rate, cost, need)
 
-    async def admit(self, key: str) -> None:
-        """Raise RateLimited when the key is over either limit."""
-        kid = key_id(key)
-        for kind in (REQUESTS, TOKENS):
-            wait = await self._take(kid, kind, 1.0 if kind == REQUESTS else 0.0, 1.0)
+    async def admit(self, kid: str, kinds: tuple[str, ...]) -> None:
+        """Raise RateLimited when the key is over one of these limits. A request and a
+        feedback post take one; tokens are only checked here (charged at the end)."""
+        for kind in kinds:
+            wait = await self._take(kid, kind, 0.0 if kind == TOKENS else 1.0, 1.0)
             if wait is not None:
                 raise RateLimited(kind, wait)
 
@@ -154,7 +157,7 @@ class Limits:
         """(key id, limit, value) for /metrics: the default and each configured key."""
         rows: list[tuple[str, str, float]] = []
         for kid, limit in [("default", self.default), *((k, self.limit(k)) for k in kids)]:
-            rows += [(kid, REQUESTS, limit.requests_per_s), (kid, TOKENS, limit.tokens_per_min)]
+            rows += [(kid, kind, getattr(limit, kind)) for kind in KINDS]
         return rows
 
 

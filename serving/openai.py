@@ -179,8 +179,10 @@ def _finish_reason(gen: Generation) -> str:
     return "length" if gen.finish == "length" else "stop"
 
 
-def router(service: Service, settings: ServerSettings, client: Callable[..., Any],
-           route_class: type) -> APIRouter:
+def router(service: Service, settings: ServerSettings, generating: Callable[..., Any],
+           reading: Callable[..., Any], route_class: type) -> APIRouter:
+    """The routes; `generating` and `reading` are the key checks (with the limits) of
+    generation and of the model list."""
     api = APIRouter(route_class=route_class, tags=["OpenAI-compatible"])
     CompletionRequest, ChatRequest = request_models(settings)  # noqa: N806 - classes
     name = settings.model_name
@@ -230,7 +232,7 @@ def router(service: Service, settings: ServerSettings, client: Callable[..., Any
                                    sticky, kid, _pinned(settings, body.model))
 
     @api.post("/v1/completions", summary="Complete a prompt (OpenAI-compatible)")
-    async def completions(body: CompletionRequest, kid: Annotated[str, Depends(client)],
+    async def completions(body: CompletionRequest, kid: Annotated[str, Depends(generating)],
                           x_session_id: Annotated[str | None, Header(max_length=128)] = None,
                           ) -> Any:
         text = body.text()
@@ -247,7 +249,7 @@ def router(service: Service, settings: ServerSettings, client: Callable[..., Any
         return await answer(gen, body.stream, _usage_asked(body), shape)
 
     @api.post("/v1/chat/completions", summary="Answer a conversation (OpenAI-compatible)")
-    async def chat(body: ChatRequest, kid: Annotated[str, Depends(client)],
+    async def chat(body: ChatRequest, kid: Annotated[str, Depends(generating)],
                    x_session_id: Annotated[str | None, Header(max_length=128)] = None,
                    ) -> Any:
         conversation = body.conversation()
@@ -271,7 +273,7 @@ def router(service: Service, settings: ServerSettings, client: Callable[..., Any
         return await answer(gen, body.stream, _usage_asked(body), shape)
 
     @api.get("/v1/models", summary="The served model ids (OpenAI-compatible)")
-    async def models(_: Annotated[str, Depends(client)]) -> dict[str, Any]:
+    async def models(_: Annotated[str, Depends(reading)]) -> dict[str, Any]:
         state = service.pool.state
         data = [{"id": name, "object": "model", "created": 0, "owned_by": OWNER,
                  "description": "routed by the canary weight"}]

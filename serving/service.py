@@ -23,6 +23,7 @@ from serving.pool import LoadedModel, ModelPool
 from serving.settings import ServerSettings
 from serving.telemetry import Telemetry
 from tasks.data.pii import mask_text
+from tasks.feedback.identity import user_ref
 from tasks.feedback.store import FeedbackStore, RequestRecord
 from tasks.lm.generate import FINISH_CANCELLED, FINISH_ERROR
 from tasks.text import distinct_n
@@ -158,7 +159,8 @@ class Service:
             if gen.finish == FINISH_CANCELLED else None)
         await asyncio.to_thread(self.store.log_request, RequestRecord(
             request_id=gen.request_id, model_name=self.settings.model_name,
-            model_version=gen.version, route=gen.route, user_id=gen.sticky,
+            model_version=gen.version, route=gen.route,
+            user_id=user_ref(gen.sticky, self.settings.user_hash_key) if gen.sticky else None,
             prompt=gen.record_prompt, response=None if error else gen.text,
             params=gen.params, tokens=0 if error or cached else gen.tokens,
             latency_ms=latency * 1000, cached=cached, status="error" if error else "ok",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from serving.limits import Limit, parse_limits
 from tasks.errors import BadInput
+from tasks.feedback.identity import user_hash_key
 from tasks.settings import Settings
 
 # continuous: iteration-level (the default); request: whole requests batched; none: one by one
@@ -50,11 +51,16 @@ class ServerSettings:
     job_workers: int = 1
     max_prompt_chars: int = 2000
     max_body_bytes: int = 1 << 20
+    max_feedback_per_request: int = 10  # one verdict per request counts in a rollout
     max_new_tokens: int = 256
     reload_interval_s: float = 5.0
     drain_timeout_s: float = 25.0  # below Kubernetes' default 30 s grace period
+    # An idle connection is closed after this long; a client reusing it just then sees a
+    # reset. Longer than load balancers' idle timeouts (60 s), as nginx's 75 s default is.
+    keep_alive_s: float = 75.0
     log_format: str = "json"  # or "text"
     log_prompts: bool = False  # masked prompts and responses in the access lines
+    user_hash_key: bytes = b""  # stored user ids are keyed hashes (tasks.feedback.identity)
     limit: Limit = Limit()  # per key unless key_limits names it
     key_limits: dict[str, Limit] = field(default_factory=dict)
 
@@ -74,9 +80,10 @@ class ServerSettings:
     def from_env(cls, env: dict[str, str] | None = None) -> ServerSettings:
         env = dict(os.environ if env is None else env)
         base = Settings.from_env()
-        limit, key_limits = parse_limits(
+        limit, key_limits = parse_limits(Limit(
             _number(env, "AIGC_RATE_REQUESTS_PER_S", 0, 0, 1e6),
-            _number(env, "AIGC_RATE_TOKENS_PER_MIN", 0, 0, 1e12), env.get("AIGC_KEY_LIMITS"))
+            _number(env, "AIGC_RATE_TOKENS_PER_MIN", 0, 0, 1e12),
+            _number(env, "AIGC_RATE_FEEDBACK_PER_MIN", 0, 0, 1e9)), env.get("AIGC_KEY_LIMITS"))
         return cls(
             model_name=env.get("AIGC_MODEL_NAME", "aigc-gpt2"),
             tracking_uri=env.get("MLFLOW_TRACKING_URI", base.tracking_uri),
@@ -96,10 +103,13 @@ class ServerSettings:
             job_workers=int(_number(env, "AIGC_JOB_WORKERS", 1, 1, 64)),
             max_prompt_chars=int(_number(env, "AIGC_MAX_PROMPT_CHARS", 2000, 1, 1_000_000)),
             max_body_bytes=int(_number(env, "AIGC_MAX_BODY_BYTES", 1 << 20, 1024, 1 << 30)),
+            max_feedback_per_request=int(_number(env, "AIGC_MAX_FEEDBACK_PER_REQUEST", 10, 1,
+                                                 1_000_000)),
             max_new_tokens=int(_number(env, "AIGC_MAX_NEW_TOKENS", 256, 1, 8192)),
             reload_interval_s=_number(env, "AIGC_RELOAD_INTERVAL_S", 5.0, 0.1, 3600),
             drain_timeout_s=_number(env, "AIGC_DRAIN_TIMEOUT_S", 25.0, 0, 3600),
+            keep_alive_s=_number(env, "AIGC_KEEP_ALIVE_S", 75.0, 1, 3600),
             log_format=env.get("AIGC_LOG_FORMAT", "json"),
             log_prompts=env.get("AIGC_LOG_PROMPTS", "0") == "1",
-            limit=limit, key_limits=key_limits,
+            user_hash_key=user_hash_key(env), limit=limit, key_limits=key_limits,
         )

@@ -9,6 +9,11 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def home() -> Path:
+    """Where the embedded default keeps its state (AIGC_HOME, else var/ in the project)."""
+    return Path(os.environ.get("AIGC_HOME", PROJECT_ROOT / "var"))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where artifacts, MLflow state and readable datasets live.
@@ -26,7 +31,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        var = Path(os.environ.get("AIGC_HOME", PROJECT_ROOT / "var"))
+        var = home()
         artifact_root = Path(os.environ.get("AIGC_ARTIFACT_ROOT", var / "artifacts"))
         roots = os.environ.get("AIGC_ALLOWED_ROOTS")
         allowed = (

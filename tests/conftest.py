@@ -179,3 +179,34 @@ def embedded_pngs(page: str) -> dict[str, bytes]:
     for name, png in images.items():
         assert png[:8] == b"\x89PNG\r\n\x1a\n", name
     return images
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """A tiny GPT-2 with a character tokenizer, its context 48 tokens: its cached and its
+    recompute-only forms, and the loaded model serving asks for."""
+    from types import SimpleNamespace
+
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from tasks.lm.artifact import LogitsOf, TorchLM
+    from tasks.lm.model import TextModel
+    from tasks.lm.template import prepare_tokenizer, stop_ids
+
+    vocab = {ch: i for i, ch in enumerate(["<|endoftext|>", *"abcdefghijklmnopqrstuvwxyz :?<>|"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                        pad_token="<|endoftext|>")
+    prepare_tokenizer(tokenizer)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_positions=48, n_embd=32,
+                                       n_layer=2, n_head=2, eos_token_id=0)).eval()
+    cached = TorchLM(LogitsOf(model), 48)
+    plain = SimpleNamespace(logits=cached.logits, n_positions=48)  # no cache to use
+    assert cached.incremental is model and getattr(plain, "incremental", None) is None
+    return SimpleNamespace(tokenizer=tokenizer, cached=cached, plain=plain,
+                           stop=stop_ids(tokenizer),
+                           model=TextModel(cached, tokenizer, stop_ids(tokenizer)))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tasks.data.pii import mask_text
 
@@ -124,6 +124,16 @@ class FeedbackConflict(ValueError):
     """A feedback id was reused for a different request."""
 
 
+class FeedbackLimit(ValueError):
+    """A request already holds as much feedback as one request may."""
+
+
+class Stored(NamedTuple):
+    row: dict[str, Any]
+    created: bool  # False: a retried post of a stored feedback id
+    first: bool  # the request's first feedback row
+
+
 def is_postgres(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
@@ -219,15 +229,27 @@ class FeedbackStore:
         with self._tx() as run:
             run(f"INSERT INTO requests ({columns}) VALUES ({marks})", row)
 
-    def add_feedback(self, record: FeedbackRecord) -> tuple[dict[str, Any], bool]:
-        """Store one feedback row; the same feedback id twice stores it once.
-
-        Returns the stored row and whether this call created it."""
+    def add_feedback(self, record: FeedbackRecord, max_per_request: int = 0) -> Stored:
+        """Store one feedback row; the same feedback id twice stores it once. A request
+        takes at most `max_per_request` rows (0: no limit); `first` tells whether the row
+        is its request's first, the one verdict a rollout counts for it."""
         with self._tx() as run:
-            served = run("SELECT model_version FROM requests WHERE request_id = :id",
+            # Locks the request's row on PostgreSQL, so replicas agree on which is first.
+            served = run("SELECT model_version FROM requests WHERE request_id = :id"
+                         + (" FOR UPDATE" if self.postgres else ""),
                          {"id": record.request_id}).fetchone()
             if served is None:
                 raise UnknownRequest(record.request_id)
+            earlier = run("SELECT * FROM feedback WHERE feedback_id = :id",
+                          {"id": record.feedback_id}).fetchone()
+            if earlier is not None:
+                return self._retried(dict(earlier), record)
+            count = run("SELECT COUNT(*) AS n FROM feedback WHERE request_id = :id",
+                        {"id": record.request_id}).fetchone()["n"]
+            if max_per_request and count >= max_per_request:
+                raise FeedbackLimit(f"request_id: {record.request_id} already holds {count} "
+                                    f"feedback (the limit is {max_per_request} a request)")
+            # Another request's post of the same id may commit meanwhile (other replica).
             created = run(
                 "INSERT INTO feedback (feedback_id, request_id, model_version, created_at, "
                 "rating, thumbs, positive, comment) VALUES (:feedback_id, :request_id, "
@@ -240,10 +262,14 @@ class FeedbackStore:
             ).rowcount == 1
             row = dict(run("SELECT * FROM feedback WHERE feedback_id = :id",
                            {"id": record.feedback_id}).fetchone())
+        return Stored(row, True, count == 0) if created else self._retried(row, record)
+
+    @staticmethod
+    def _retried(row: dict[str, Any], record: FeedbackRecord) -> Stored:
         if row["request_id"] != record.request_id:
             raise FeedbackConflict(f"feedback_id: {record.feedback_id!r} already holds feedback "
                                    f"for request {row['request_id']}")
-        return row, created
+        return Stored(row, False, False)
 
     def export_feedback(self, dag_run_id: str, min_rating: int,
                         write: Callable[[list[dict[str, Any]]], str]) -> Export:

@@ -22,7 +22,8 @@ VERSION_LABEL = "aigc/model-version"
 CPU_TARGET_PERCENT = 70
 # Keys inside the Kubernetes Secret named by `secret_name`; the optional ones hold URLs
 # that may carry passwords, so they never appear in the object either.
-SECRET_KEYS = {"AIGC_API_KEYS": "api-keys", "AIGC_ADMIN_KEY": "admin-key"}
+SECRET_KEYS = {"AIGC_API_KEYS": "api-keys", "AIGC_ADMIN_KEY": "admin-key",
+               "AIGC_USER_HASH_KEY": "user-hash-key"}
 OPTIONAL_SECRET_KEYS = {"AIGC_REDIS_URL": "redis-url", "AIGC_FEEDBACK_DB": "feedback-db"}
 
 # KServe's webhook regex for InferenceService names (a DNS-1123 label that starts with a letter).

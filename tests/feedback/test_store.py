@@ -12,6 +12,7 @@ import pytest
 from tasks.feedback.store import (
     MIGRATIONS,
     FeedbackConflict,
+    FeedbackLimit,
     FeedbackRecord,
     FeedbackStore,
     RequestRecord,
@@ -77,8 +78,8 @@ def test_a_version_1_database_upgrades_with_its_rows(tmp_path):
     db.close()
     store = FeedbackStore(str(path))
     assert [r["version"] for r in store.query("SELECT version FROM schema_migrations")] == [1, 2]
-    row, created = store.add_feedback(feedback(1, "old"))
-    assert created and row["export_id"] is None and row["model_version"] == "1"
+    row, created, first = store.add_feedback(feedback(1, "old"))
+    assert created and first and row["export_id"] is None and row["model_version"] == "1"
 
 
 def test_concurrent_requests_and_feedback_are_all_stored_once(url):
@@ -87,8 +88,21 @@ def test_concurrent_requests_and_feedback_are_all_stored_once(url):
         list(pool.map(lambda i: store.log_request(request(i)), range(40)))
         results = list(pool.map(lambda i: store.add_feedback(feedback(i, f"req-{i % 40}")),
                                 list(range(80)) + list(range(20))))  # 20 retried posts
-    assert sum(created for _, created in results) == 80
+    assert sum(r.created for r in results) == 80
     assert store.query("SELECT COUNT(*) AS n FROM feedback")[0]["n"] == 80
+    # Two rows for each of the 40 requests: one of them is each request's first.
+    firsts = [r.row["request_id"] for r in results if r.first]
+    assert sorted(firsts) == sorted(f"req-{i}" for i in range(40))
+
+
+def test_a_request_takes_a_limited_number_of_feedback_rows(url):
+    store = FeedbackStore(url)
+    store.log_request(request(1))
+    stored = [store.add_feedback(feedback(i, "req-1"), max_per_request=3) for i in range(3)]
+    assert [s.first for s in stored] == [True, False, False]
+    with pytest.raises(FeedbackLimit, match="req-1 already holds 3"):
+        store.add_feedback(feedback(9, "req-1"), max_per_request=3)
+    assert store.add_feedback(feedback(0, "req-1"), max_per_request=3).created is False
 
 
 def test_unknown_request_conflicting_id_and_masked_text(url):

@@ -3,36 +3,8 @@ batch without changing what any row generates; stop texts, streaming pieces, bad
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    """A tiny GPT-2 with a character tokenizer, its context 48 tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    from tasks.lm.artifact import LogitsOf, TorchLM
-    from tasks.lm.template import prepare_tokenizer, stop_ids
-
-    vocab = {ch: i for i, ch in enumerate(["<|endoftext|>", *"abcdefghijklmnopqrstuvwxyz :?<>|"])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                                        pad_token="<|endoftext|>")
-    prepare_tokenizer(tokenizer)
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_positions=48, n_embd=32,
-                                       n_layer=2, n_head=2, eos_token_id=0)).eval()
-    cached = TorchLM(LogitsOf(model), 48)
-    plain = SimpleNamespace(logits=cached.logits, n_positions=48)  # no cache to use
-    assert cached.incremental is model and getattr(plain, "incremental", None) is None
-    return SimpleNamespace(tokenizer=tokenizer, cached=cached, plain=plain,
-                           stop=stop_ids(tokenizer))
-
 
 PROMPTS = ["hi", "how are you doing today", "ok?"]
 
@@ -44,14 +16,14 @@ def _generate(t, lm, prompts, sampling):
     return generate_rows(lm, t.tokenizer, prompts, sampling, gens, t.stop)
 
 
-def test_key_value_cache_generates_what_recomputing_generates(tiny):
+def test_key_value_cache_generates_what_recomputing_generates(tiny_lm):
     """Greedy rows of different prompt lengths (left padding) and lengths, some running past
     the context (48 tokens): the cached path and the recompute path agree token for token."""
     from tasks.lm.generate import Sampling
 
     sampling = [Sampling(12, 0.0), Sampling(5, 0.0), Sampling(60, 0.0)]
-    fast, slow = _generate(tiny, tiny.cached, PROMPTS, sampling), _generate(
-        tiny, tiny.plain, PROMPTS, sampling)
+    fast, slow = _generate(tiny_lm, tiny_lm.cached, PROMPTS, sampling), _generate(
+        tiny_lm, tiny_lm.plain, PROMPTS, sampling)
     assert fast == slow
     assert fast[1].tokens <= 5 and any(g.text for g in fast)
     assert fast[2].tokens == 60  # a generation longer than the context slides its window
@@ -70,15 +42,15 @@ def _rows_alone(t, sampling):
 
 
 @pytest.mark.parametrize("lm", ["cached", "plain"])
-def test_rows_joining_a_running_batch_generate_what_they_generate_alone(tiny, lm):
+def test_rows_joining_a_running_batch_generate_what_they_generate_alone(tiny_lm, lm):
     """Continuous batching: a row joins after others have taken steps, rows leave when done;
     every row's tokens are the ones it generates on its own."""
     from tasks.lm.generate import Decoder, Sampling
 
     sampling = [Sampling(30, 0.0), Sampling(8, 1.0, 0.9), Sampling(20, 0.7)]
-    alone = _rows_alone(tiny, sampling)
-    decoder = Decoder(getattr(tiny, lm), tiny.tokenizer, tiny.stop)
-    rows = [decoder.new_row(tiny.tokenizer(p)["input_ids"], s,
+    alone = _rows_alone(tiny_lm, sampling)
+    decoder = Decoder(getattr(tiny_lm, lm), tiny_lm.tokenizer, tiny_lm.stop)
+    rows = [decoder.new_row(tiny_lm.tokenizer(p)["input_ids"], s,
                             torch.Generator().manual_seed(i))
             for i, (p, s) in enumerate(zip(PROMPTS, sampling, strict=True))]
     decoder.join(rows[:1])
@@ -93,14 +65,14 @@ def test_rows_joining_a_running_batch_generate_what_they_generate_alone(tiny, lm
     assert sizes[0] == 3 and sizes[-1] == 1  # finished rows left at once
 
 
-def test_stop_texts_end_the_answer_and_stream_pieces_add_up(tiny):
+def test_stop_texts_end_the_answer_and_stream_pieces_add_up(tiny_lm):
     from tasks.lm.generate import Decoder, Sampling
 
-    free = _generate(tiny, tiny.cached, ["ab"], [Sampling(30, 0.0)])[0].text
+    free = _generate(tiny_lm, tiny_lm.cached, ["ab"], [Sampling(30, 0.0)])[0].text
     assert len(free) > 6
     stop = free[3:5]
-    decoder = Decoder(tiny.cached, tiny.tokenizer, tiny.stop)
-    row = decoder.new_row(tiny.tokenizer(tiny.tokenizer.apply_chat_template(
+    decoder = Decoder(tiny_lm.cached, tiny_lm.tokenizer, tiny_lm.stop)
+    row = decoder.new_row(tiny_lm.tokenizer(tiny_lm.tokenizer.apply_chat_template(
         [{"role": "user", "content": "ab"}], tokenize=False, add_generation_prompt=True),
         add_special_tokens=False)["input_ids"], Sampling(30, 0.0, stop=(stop, "zzzz")),
         torch.Generator().manual_seed(0))
@@ -111,10 +83,10 @@ def test_stop_texts_end_the_answer_and_stream_pieces_add_up(tiny):
     assert row.finish == "stop"
 
 
-def test_a_cancelled_row_leaves_at_the_next_step(tiny):
+def test_a_cancelled_row_leaves_at_the_next_step(tiny_lm):
     from tasks.lm.generate import Decoder, Sampling
 
-    decoder = Decoder(tiny.cached, tiny.tokenizer, tiny.stop)
+    decoder = Decoder(tiny_lm.cached, tiny_lm.tokenizer, tiny_lm.stop)
     a, b = (decoder.new_row([1, 2, 3], Sampling(40, 0.0), torch.Generator()) for _ in range(2))
     decoder.join([a, b])
     a.cancelled = True
@@ -123,7 +95,7 @@ def test_a_cancelled_row_leaves_at_the_next_step(tiny):
     assert decoder.rows == [b] and len(b.generated) == 2
 
 
-def test_one_bad_row_fails_alone_and_the_batch_goes_on(tiny):
+def test_one_bad_row_fails_alone_and_the_batch_goes_on(tiny_lm):
     """A row the model cannot take (here: a token the model refuses) fails with its reason;
     the rows sharing its batch finish as they would alone."""
     from tasks.lm.generate import Decoder, Sampling
@@ -134,15 +106,15 @@ def test_one_bad_row_fails_alone_and_the_batch_goes_on(tiny):
         def logits(self, ids, mask):
             if (ids == 5).any():
                 raise ValueError("token 5 is poison")
-            return tiny.plain.logits(ids, mask)
+            return tiny_lm.plain.logits(ids, mask)
 
     sampling = [Sampling(10, 0.0)] * 3
-    decoder = Decoder(Picky(), tiny.tokenizer, tiny.stop)
+    decoder = Decoder(Picky(), tiny_lm.tokenizer, tiny_lm.stop)
     rows = [decoder.new_row(ids, s, torch.Generator()) for ids, s in
             zip(([1, 2], [3, 5, 4], [6, 7, 8]), sampling, strict=True)]
     decoder.run(rows)
     assert [r.finish for r in rows] == ["length", "error", "length"]
-    reference = Decoder(tiny.plain, tiny.tokenizer, tiny.stop)
+    reference = Decoder(tiny_lm.plain, tiny_lm.tokenizer, tiny_lm.stop)
     good = [reference.new_row(ids, sampling[0], torch.Generator()) for ids in ([1, 2], [6, 7, 8])]
     reference.run(good)
     assert [rows[0].generated, rows[2].generated] == [g.generated for g in good]

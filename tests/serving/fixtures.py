@@ -100,6 +100,7 @@ class Server:
     api_key: str
     admin_key: str
     feedback_db: Path
+    user_hash_key: str
     proc: object = None  # the server's process (a test may signal it)
     log: Path | None = None
 
@@ -108,7 +109,8 @@ class Server:
 
 
 def new_keys() -> dict[str, str]:
-    return {"AIGC_API_KEYS": secrets.token_hex(8), "AIGC_ADMIN_KEY": secrets.token_hex(8)}
+    return {"AIGC_API_KEYS": secrets.token_hex(8), "AIGC_ADMIN_KEY": secrets.token_hex(8),
+            "AIGC_USER_HASH_KEY": secrets.token_hex(16)}
 
 
 def start_server(registry: Registry, tmp: Path, keys: dict[str, str] | None = None,
@@ -120,6 +122,6 @@ def start_server(registry: Registry, tmp: Path, keys: dict[str, str] | None = No
     with local_server(registry.env() | keys | {"AIGC_FEEDBACK_DB": str(db),
                                                "AIGC_RELOAD_INTERVAL_S": "0.5"} | env,
                       tmp / "server.log") as server:
-        yield Server(server.url, keys["AIGC_API_KEYS"], keys["AIGC_ADMIN_KEY"], db,
-                     server.proc, tmp / "server.log")
+        yield Server(server.url, keys["AIGC_API_KEYS"].split(",")[0], keys["AIGC_ADMIN_KEY"],
+                     db, keys.get("AIGC_USER_HASH_KEY", ""), server.proc, tmp / "server.log")
 

@@ -11,16 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from serving.limits import Limit, Limits, RateLimited, key_id, parse_limits
+from serving.limits import REQUESTS, TOKENS, Limit, Limits, RateLimited, key_id, parse_limits
 from serving.redis_tier import RedisTier
 from tasks.errors import BadInput
 from tests.conftest import require_service
-from tests.serving.fixtures import start_server
+from tests.serving.fixtures import new_keys, start_server
 
 
 def _refused(limits: Limits, key: str) -> RateLimited | None:
     try:
-        asyncio.run(limits.admit(key))
+        asyncio.run(limits.admit(key_id(key), (REQUESTS, TOKENS)))
     except RateLimited as exc:
         return exc
     return None
@@ -57,7 +57,7 @@ def test_replicas_share_buckets_through_redis():
         outcomes = []
         for limits in (a, b, a, b):
             try:
-                await limits.admit(key)
+                await limits.admit(key_id(key), (REQUESTS,))
                 outcomes.append("ok")
             except RateLimited:
                 outcomes.append("429")
@@ -75,13 +75,13 @@ def test_replicas_share_buckets_through_redis():
 ])
 def test_bad_key_limits_are_named(raw, words):
     with pytest.raises(BadInput, match=words.replace(".", r"\.")):
-        parse_limits(0, 0, raw)
+        parse_limits(Limit(), raw)
 
 
 @pytest.fixture(scope="module")
 def limited(registry, tmp_path_factory):
     slow, free = secrets.token_hex(8), secrets.token_hex(8)
-    keys = {"AIGC_API_KEYS": f"{slow},{free}", "AIGC_ADMIN_KEY": secrets.token_hex(8)}
+    keys = new_keys() | {"AIGC_API_KEYS": f"{slow},{free}"}
     for server in start_server(registry, tmp_path_factory.mktemp("limited"), keys,
                                AIGC_KEY_LIMITS=json.dumps({key_id(slow): {"requests_per_s": 2}})):
         yield server, slow, free

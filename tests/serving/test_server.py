@@ -53,6 +53,9 @@ def test_generate_names_the_version_and_logs_the_request(server, registry):
     ({"temperature": -0.5}, "temperature"),
     ({"top_p": 0}, "top_p"),
     ({"seed": -1}, "seed"),
+    ({"max_new_tokens": "8"}, "max_new_tokens"),
+    ({"max_new_tokens": True}, "max_new_tokens"),
+    ({"temperature": "0.5"}, "temperature"),
     ({"tempreature": 0.5}, "tempreature"),
 ])
 def test_bad_generate_requests_get_422_naming_the_field(server, body, field):
@@ -81,9 +84,20 @@ def test_admin_endpoints_need_the_admin_key(server, registry):
     assert _set_weight(server, registry.versions["healthy"], 101).status_code == 422
 
 
+def test_the_user_id_is_stored_as_a_keyed_hash(server):
+    from tasks.feedback.identity import user_ref
+
+    reply = _gen(server, user="alice@example.com")
+    rows = _rows(server, "SELECT user_id FROM requests WHERE request_id = ?",
+                 reply.json()["request_id"])
+    assert rows == [(user_ref("alice@example.com", server.user_hash_key.encode()),)]
+    assert not _rows(server, "SELECT 1 FROM requests WHERE user_id LIKE '%alice%'")
+
+
 def test_feedback_posted_concurrently_is_stored_exactly_once_each(server):
-    served = [_gen(server).json()["request_id"] for _ in range(5)]
-    posts = [{"request_id": served[i % 5], "thumbs": "up" if i % 3 else "down",
+    # Ten posts a request: the most one request takes.
+    served = [_gen(server).json()["request_id"] for _ in range(6)]
+    posts = [{"request_id": served[i % 6], "thumbs": "up" if i % 3 else "down",
               "feedback_id": f"fb-{uuid.uuid4().hex}"} for i in range(60)]
 
     def post(body):
