@@ -178,7 +178,8 @@ class ContinuousEngine:
 
 
 class RequestEngine:
-    """Request-level batching: each batch runs to its longest request's end."""
+    """Request-level batching: each batch runs, every row computing, to its longest
+    request's end; requests arriving meanwhile wait for the next batch."""
 
     def __init__(self, model: GenerativeModel, *, max_rows: int, max_wait_s: float, name: str,
                  on_step: Callable[[int], None] = lambda rows: None) -> None:
@@ -194,7 +195,7 @@ class RequestEngine:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _run(self, streams: Sequence[Stream]) -> list[Chunk]:
-        decoder = self.model.decoder()
+        decoder = self.model.decoder(hold_finished=True)
         failed: dict[int, Chunk] = {}
         for i, s in enumerate(streams):
             try:

@@ -130,13 +130,27 @@ class Event:
     error: str | None = None
 
 
+def _dynamic_cache(past: Past | None) -> Any:
+    """A transformers DynamicCache holding these tensors as they are: its own constructor
+    would copy every layer once more each step."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache()
+    for keys, values in past or ():
+        layer = DynamicLayer()
+        layer.device, layer.keys, layer.values = keys.device, keys, values
+        layer.is_initialized = True
+        cache.layers.append(layer)
+    return cache
+
+
 def hf_step(model: Any) -> Step:
     """A transformers model as a cached step on tuples of tensors."""
-    from transformers import DynamicCache
 
     def step(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, past: Past | None,
              ) -> tuple[torch.Tensor, Past]:
-        cache = DynamicCache(ddp_cache_data=past) if past else DynamicCache()
+        cache = _dynamic_cache(past)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                     use_cache=True)
         return out.logits.float(), tuple((layer.keys, layer.values)
@@ -211,8 +225,12 @@ class Decoder:
     `step` gives every row its next token; rows that end leave at once. Not thread-safe:
     one thread drives it (rows may be cancelled from others)."""
 
-    def __init__(self, lm: CausalLM, tokenizer: Any, stop_ids: Sequence[int]) -> None:
+    def __init__(self, lm: CausalLM, tokenizer: Any, stop_ids: Sequence[int],
+                 hold_finished: bool = False) -> None:
         self.lm = lm
+        # Request-level batching as a baseline: rows that ended stay (and compute) until
+        # the whole batch has ended.
+        self.hold_finished = hold_finished
         self.tokenizer = tokenizer
         self.stop_ids = frozenset(stop_ids)
         self.step_fn = cached_step(lm)
@@ -240,7 +258,8 @@ class Decoder:
         temperature = torch.tensor([r.sampling.temperature for r in rows])
         top_p = torch.tensor([r.sampling.top_p for r in rows])
         tokens = sample_rows(logits, temperature, top_p, [r.generator for r in rows])
-        return [self._advance(r, int(t)) for r, t in zip(rows, tokens, strict=True)]
+        return [self._advance(r, int(t)) for r, t in zip(rows, tokens, strict=True)
+                if r.finish is None]
 
     def _advance(self, row: Row, token: int) -> Event:
         row.generated.append(token)
@@ -338,8 +357,11 @@ class Decoder:
         return [Event(r, "", FINISH_CANCELLED) for r in cancelled]
 
     def _settle(self, events: list[Event]) -> list[Event]:
-        """Rows that ended leave the batch."""
-        self._remove([e.row for e in events if e.finish is not None])
+        """Rows that ended leave the batch (held: once all have ended)."""
+        if not self.hold_finished:
+            self._remove([e.row for e in events if e.finish is not None])
+        elif all(r.finish is not None for r in self.rows):
+            self._remove(self.rows)
         return events
 
     def run(self, rows: Sequence[Row]) -> list[Row]:

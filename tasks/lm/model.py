@@ -40,9 +40,9 @@ class TextModel:
                                                       add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def decoder(self) -> Decoder:
+    def decoder(self, hold_finished: bool = False) -> Decoder:
         """A running batch of this model (continuous batching drives one per version)."""
-        return Decoder(self.lm, self.tokenizer, self.stop)
+        return Decoder(self.lm, self.tokenizer, self.stop, hold_finished)
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, seed: int,
                  temperature: float = 0.8, top_p: float = 0.95, batch_size: int = 16,

@@ -136,3 +136,27 @@ def test_row_sampling_follows_each_rows_settings():
     again = [torch.Generator().manual_seed(7)]
     assert sample_rows(logits[1:2], temperature[1:2], top_p[1:2], one) == sample_rows(
         logits[1:2], temperature[1:2], top_p[1:2], again)
+
+
+def test_held_rows_compute_to_the_batch_end_and_generate_the_same_tokens(tiny_lm):
+    """Request-level batching (the benchmark's baseline): rows that ended stay until every
+    row has; what each row generates is unchanged."""
+    from tasks.lm.generate import Decoder, Sampling
+
+    sampling = [Sampling(30, 0.0), Sampling(4, 0.0), Sampling(12, 0.7)]
+
+    def run(hold: bool) -> tuple[list[list[int]], list[int]]:
+        decoder = Decoder(tiny_lm.cached, tiny_lm.tokenizer, tiny_lm.stop, hold_finished=hold)
+        rows = [decoder.new_row(tiny_lm.tokenizer(p)["input_ids"], s,
+                                torch.Generator().manual_seed(i))
+                for i, (p, s) in enumerate(zip(PROMPTS, sampling, strict=True))]
+        decoder.join(rows)
+        sizes = []
+        while len(decoder):
+            sizes.append(len(decoder))
+            decoder.step()
+        return [r.generated for r in rows], sizes
+
+    (held, held_sizes), (free, free_sizes) = run(True), run(False)
+    assert held == free
+    assert set(held_sizes) == {3} and free_sizes[-1] == 1
