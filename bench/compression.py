@@ -32,7 +32,7 @@ import torch
 
 from tasks.cli import run_stage
 from tasks.compress.measure import latency_ms, size_bytes
-from tasks.compress.methods import METHODS, Workbench, export_onnx, save_meta, save_torch
+from tasks.compress.methods import METHODS, Workbench, save_torch
 from tasks.config import LifecycleConfig
 from tasks.data.preprocess import run as preprocess
 from tasks.data.source import load_demo
@@ -85,14 +85,6 @@ def torch_ao_plain(wb: Workbench, out: Path) -> dict:
 
     model = quantize_dynamic(wb.model(), {torch.nn.Linear}, dtype=torch.qint8)
     return save_torch(LogitsOf(model), wb, out, "torch_ao_plain")
-
-
-def onnx_fp32(wb: Workbench, out: Path) -> dict:
-    """The fp32 model in onnxruntime: separates what the runtime gains from what INT8 gains
-    in the ModelOpt row."""
-    export_onnx(LogitsOf(wb.model()), wb.example(), out / "model.onnx")
-    save_meta(out, "onnx", wb.tokenizer, wb.cfg.block_size, method="onnx_fp32")
-    return {}
 
 
 ROUNDS = {"demo": 7, "real": 5}
@@ -153,7 +145,7 @@ def demo_rows(root: Path, steps: int) -> list[dict]:
     teacher = wb.model()
     rows = [quality("fp32", model_dir, pairs, 0.0, {
         "parameters": sum(p.numel() for p in teacher.parameters())})]
-    methods = {"torch_ao_plain": torch_ao_plain, "onnx_fp32": onnx_fp32} | {
+    methods = {"torch_ao_plain": torch_ao_plain} | {
         k: v for k, v in METHODS.items() if k != "tensorrt_int8"}
     build_all(wb, root / "candidates", methods, rows, pairs)
     add_latency(rows, DEMO_LENGTH, "demo")
@@ -168,7 +160,7 @@ def real_rows(root: Path, size: str, train_df: pd.DataFrame) -> dict:
     wb = Workbench(LifecycleConfig.from_dict(REAL_CONF), folder, train_df)
     rows = [{"name": "fp32", "folder": folder, "size_bytes": size_bytes(folder),
              "parameters": sum(p.numel() for p in wb.model().parameters())}]
-    extra = {"torch_ao_plain": torch_ao_plain, "onnx_fp32": onnx_fp32}
+    extra = {"torch_ao_plain": torch_ao_plain}
     build_all(wb, root / size, {n: extra.get(n) or METHODS[n] for n in names}, rows, None)
     add_latency(rows, REAL_LENGTH, "real")
     same_runtime = [r for r in rows if r["name"] in ("torch_int8_dynamic", "qat_int8",

@@ -39,13 +39,14 @@ import requests
 
 from serving.local import free_port, local_server, wait_ready
 from tasks.config import LifecycleConfig
+from tasks.data.source import load_demo
 from tasks.registry.register import CHAMPION, register
 from tasks.settings import PROJECT_ROOT
 from tasks.stage import StageContext
 from tasks.tracking import stage_run
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
-from compression import demo_settings, train_demo  # noqa: E402
+from compression import REAL_CONF, demo_settings, train_demo  # noqa: E402
 from report import update_section  # noqa: E402
 
 CONCURRENCY = (1, 16, 32)
@@ -230,18 +231,89 @@ def replay(url: str, key: str, workload: list[str], concurrency: int = 16) -> di
             "generated_tokens": metric(url, "aigc_generated_tokens_total") - tokens_before}
 
 
-def serve_champion(root: Path, model_dir: Path, name: str) -> dict[str, str]:
-    """Register model_dir as the champion of `name`; the server's environment."""
+def serve_champion(root: Path, model_dir: Path, name: str, run: str = "serve"
+                   ) -> dict[str, str]:
+    """Register model_dir as the champion of `name` (a new version per `run`); the server's
+    environment."""
     import mlflow
 
     settings = demo_settings(root)
-    ctx = StageContext(stage="register", dag_id="bench", run_id=f"serve-{name}",
+    ctx = StageContext(stage="register", dag_id="bench", run_id=f"{run}-{name}",
                        config=LifecycleConfig(), settings=settings)
     with stage_run(ctx):
         version = register(ctx, name, str(model_dir), "bench", {})
     mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version)
     return settings.to_env() | {"AIGC_MODEL_NAME": name,
                                 "AIGC_FEEDBACK_DB": str(root / "feedback.db")}
+
+
+def onnx_servers(root: Path, model_dir: Path, name: str, cfg: LifecycleConfig,
+                 frame) -> dict[str, dict[str, str]]:
+    """The same model as ONNX fp32 and ModelOpt INT8 graphs with past key/values, each a
+    registered version that a continuous-batching server pins; settings by row name.
+    `frame`: training pairs, for INT8's calibration."""
+    from tasks.compress.methods import METHODS, Workbench
+
+    wb = Workbench(cfg, model_dir, frame)
+    settings = demo_settings(root)
+    servers: dict[str, dict[str, str]] = {}
+    for method in ("onnx_fp32", "modelopt_int8"):
+        out = root / f"{name}-{method}"
+        out.mkdir(parents=True)
+        METHODS[method](wb, out)
+        ctx = StageContext(stage="register", dag_id="bench", run_id=f"{method}-{name}",
+                           config=cfg, settings=settings)
+        with stage_run(ctx):
+            version = register(ctx, name, str(out), "bench", {}, ("onnxruntime",))
+        servers[f"continuous, {method}"] = OURS["continuous"] | {"AIGC_SERVE_VERSION": version}
+    return servers
+
+
+def swap(root: Path, model_dir: Path, env: dict[str, str], secret: dict[str, str],
+         workload: Workload, seconds: float) -> dict:
+    """P99 before, during and after a promotion under load (continuous batching,
+    concurrency 16): the champion alias moves to a new version and the server reloads."""
+    timeline: list[tuple[float, float, bool]] = []  # start, latency, ok
+    stop = threading.Event()
+    with local_server(env | secret | OURS["continuous"], root / "swap.log") as server:
+        send = ours(server.url, secret["AIGC_API_KEYS"])
+
+        def client(index: int) -> None:
+            rng = random.Random(1000 + index)
+            with httpx.Client(timeout=600) as session:
+                while not stop.is_set():
+                    prompt, max_tokens = workload.draw(rng)
+                    began = time.perf_counter()
+                    try:
+                        send(session, prompt, max_tokens, 0)
+                        ok = True
+                    except Exception:  # noqa: BLE001 - counted as failed
+                        ok = False
+                    timeline.append((began, time.perf_counter() - began, ok))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        time.sleep(WARM_UP_S + seconds)
+        swap_began = time.perf_counter()
+        serve_champion(root, model_dir, env["AIGC_MODEL_NAME"], run="promoted")
+        requests.post(f"{server.url}/admin/reload", timeout=600,
+                      headers={"Authorization": f"Bearer {secret['AIGC_ADMIN_KEY']}"}
+                      ).raise_for_status()
+        swap_ended = time.perf_counter()
+        time.sleep(seconds)
+        stop.set()
+        for t in threads:
+            t.join()
+    first = min(b for b, _, _ in timeline) + WARM_UP_S
+    phases = {"before": (first, swap_began), "during": (swap_began, swap_ended),
+              "after": (swap_ended, swap_ended + seconds)}
+    return {name: {"requests": len(rows := [(lat, ok) for b, lat, ok in timeline
+                                             if lo <= b < hi]),
+                   "failed": sum(not ok for _, ok in rows),
+                   "p99_ms": _pct([lat for lat, ok in rows if ok], 0.99),
+                   "seconds": hi - lo}
+            for name, (lo, hi) in phases.items()}
 
 
 def keys() -> dict[str, str]:
@@ -300,8 +372,6 @@ def _tokenizer(folder: Path):
 
 
 def corpus() -> list[str]:
-    from tasks.data.source import load_demo
-
     frame = load_demo(["english", "chinese"])
     return [f"{p} {r}" for p, r in zip(frame["prompt"], frame["response"], strict=True)]
 
@@ -315,7 +385,9 @@ def real_size(root: Path, sizes: list[str], seconds: float, rounds: int) -> None
         folder = scaffold(arch, root / size, size="gpt2-small")
         env = serve_champion(root, folder, f"bench-{size}")
         tokenizer = _tokenizer(folder)
-        with servers(env, keys(), root, tokenizer) as sends:
+        onnx = onnx_servers(root, folder, f"bench-{size}", LifecycleConfig.from_dict(REAL_CONF),
+                            load_demo(["english", "chinese"]))
+        with servers(env, keys(), root, tokenizer, onnx) as sends:
             results["rows"] += compare(sends, Workload(tokenizer, corpus()), seconds, rounds,
                                        size)
     (PROJECT_ROOT / "bench" / "results" / "serving-real.json").write_text(
@@ -351,6 +423,14 @@ def table(rows: list[dict]) -> list[str]:
                 f"{cont['tokens_per_s'] / req['tokens_per_s']:.2f}x the generated tokens/s of "
                 f"request-level batching (target >= 2x), time to first token P99 "
                 f"{cont['ttft_p99_ms'] / req['ttft_p99_ms']:.2f}x (target < 1x)")
+        for method in ("onnx_fp32", "modelopt_int8"):
+            for c in CONCURRENCY:
+                row, base = by.get((size, f"continuous, {method}", c)), by.get(
+                    (size, "continuous", c))
+                if row and base and base["tokens_per_s"]:
+                    lines.append(f"- {size}, concurrency {c}: {method} "
+                                 f"{row['tokens_per_s'] / base['tokens_per_s']:.2f}x the "
+                                 "generated tokens/s of the fp32 PyTorch model (target >= 1x)")
     return lines
 
 
@@ -367,14 +447,17 @@ def main() -> None:
         if args.size != "demo":
             real_size(root, args.size.split(","), args.seconds, args.rounds)
             return
-        model_dir, _, val = train_demo(root, args.steps)
+        model_dir, train_df, val = train_demo(root, args.steps)
         env = serve_champion(root, model_dir, MODEL_NAME)
         tokenizer = _tokenizer(model_dir)
         secret = keys()
         results: dict = {"machine": machine()}
-        with servers(env, secret, root, tokenizer) as sends:
-            results["rows"] = compare(sends, Workload(tokenizer, corpus()), args.seconds,
-                                      args.rounds, "demo")
+        workload = Workload(tokenizer, corpus())
+        onnx = onnx_servers(root, model_dir, MODEL_NAME, LifecycleConfig(), train_df)
+        with servers(env, secret, root, tokenizer, onnx) as sends:
+            results["rows"] = compare(sends, workload, args.seconds, args.rounds, "demo")
+        results["swap"] = swap(root, model_dir, env, secret, workload, args.seconds)
+        print("swap", results["swap"], flush=True)
         workload = zipf_workload(sorted(set(val["prompt"])))
         for name, size in (("cache on", "4096"), ("cache off", "0")):
             with local_server(env | secret | {"AIGC_CACHE_SIZE": size},
@@ -394,6 +477,13 @@ def write(results: dict, args: argparse.Namespace) -> None:
              "temperature 0.8 (no cache hits); closed loop, each client sends back to back; "
              "streamed completions (time to first token = the first event).", ""]
     lines += table(results["rows"])
+    lines += ["", "A promotion under load (continuous batching, concurrency 16): the champion "
+              "alias moves to a new version and the server reloads.", "",
+              "| phase | seconds | requests | failed | P99 ms |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {name} | {p['seconds']:.1f} | {p['requests']} | {p['failed']} | "
+              f"{'-' if p['p99_ms'] is None else format(p['p99_ms'], ',.0f')} |"
+              for name, p in results["swap"].items()]
     on, off = results["cache on"], results["cache off"]
     saved = 1 - on["generated_tokens"] / off["generated_tokens"]
     lines += ["", f"Cache, Zipf(s={ZIPF_S}) over {ZIPF_PROMPTS} prompts, {ZIPF_REQUESTS} greedy "

@@ -13,8 +13,8 @@ from tasks.errors import ConfigError
 
 # Compression methods by name (tasks.compress.methods.METHODS implements each).
 COMPRESSION_METHODS = ("torch_int8_dynamic", "inc_int8_dynamic", "inc_int8_static",
-                       "inc_woq_rtn", "inc_woq_gptq", "qat_int8", "modelopt_int8", "tensorrt_int8",
-                       "prune_structured", "distill")
+                       "inc_woq_rtn", "inc_woq_gptq", "qat_int8", "onnx_fp32", "modelopt_int8",
+                       "tensorrt_int8", "prune_structured", "distill")
 DEFAULT_COMPRESSION = ("torch_int8_dynamic", "inc_woq_rtn", "modelopt_int8", "prune_structured")
 
 # A URI the ingest stage accepts: the bundled demo, a local path, file:// or s3://.

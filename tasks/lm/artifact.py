@@ -5,8 +5,9 @@ transformers folder has none and is `hf`):
 - `hf`: transformers save_pretrained (the trained, pruned and distilled models);
 - `torch`: a pickled eager module (INC weight-only and torch.ao dynamic/QAT INT8 models);
 - `pt2`: a `torch.export` program (INC's PT2E INT8 graphs);
-- `onnx`: an ONNX graph run by onnxruntime (ModelOpt's Q/DQ export).
-Sampling and likelihood are written once against `CausalLM` (tasks.lm.generate,
+- `onnx`: an ONNX graph with past key/values run by onnxruntime (fp32, or ModelOpt's Q/DQ
+  INT8; tasks.lm.onnx).
+Decoding and likelihood are written once against `CausalLM` (tasks.lm.generate,
 tasks.lm.likelihood), so every format is evaluated, served and benchmarked by the same code,
 whatever the architecture (GPT-2, Llama, Qwen2: any transformers causal LM).
 """
@@ -24,6 +25,9 @@ import torch
 MANIFEST = "model.json"
 FORMATS = ("hf", "torch", "pt2", "onnx")
 INPUT_NAMES = ("input_ids", "attention_mask", "position_ids")
+# A key/value cache: per layer (key, value), each [batch, kv_heads, length, head_dim] (the
+# layout of transformers' DynamicCache, and of the ONNX graphs' past and present tensors).
+Past = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -76,18 +80,6 @@ class TorchLM:
         return inner if self.device == "cpu" and isinstance(inner, PreTrainedModel) else None
 
 
-@dataclass
-class OnnxLM:
-    session: Any
-    n_positions: int
-
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        feed = dict(zip(INPUT_NAMES, (input_ids, attention_mask, position_ids(attention_mask)),
-                        strict=True))
-        out = self.session.run(None, {k: v.numpy().astype("int64") for k, v in feed.items()})
-        return torch.from_numpy(out[0])
-
-
 def context_length(config: Any) -> int:
     """The longest sequence a transformers config's positions cover (GPT-2 names it
     n_positions, most others max_position_embeddings)."""
@@ -136,9 +128,7 @@ def load_lm(model_dir: str | Path) -> tuple[CausalLM, Any]:
         program = torch.export.load(str(model_dir / "model.pt2"))
         return TorchLM(program.module(), info["n_positions"]), tokenizer
     if fmt == "onnx":
-        import onnxruntime as ort
+        from tasks.lm.onnx import OnnxLM
 
-        session = ort.InferenceSession(str(model_dir / "model.onnx"),
-                                       providers=["CPUExecutionProvider"])
-        return OnnxLM(session, info["n_positions"]), tokenizer
+        return OnnxLM.load(model_dir / "model.onnx", info["n_positions"]), tokenizer
     raise ValueError(f"{model_dir / MANIFEST}: unknown format {fmt!r} (known: {FORMATS})")

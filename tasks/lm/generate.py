@@ -19,11 +19,10 @@ from typing import Any
 
 import torch
 
-from tasks.lm.artifact import CausalLM, position_ids
+from tasks.lm.artifact import CausalLM, Past, position_ids
 from tasks.lm.template import render_prompts
 
 log = logging.getLogger(__name__)
-Past = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer (key, value) [B, H, T, D]
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Past | None],
                 tuple[torch.Tensor, Past]]
 FINISH_STOP, FINISH_LENGTH, FINISH_CANCELLED, FINISH_ERROR = "stop", "length", "cancelled", "error"

@@ -113,6 +113,37 @@ def test_modelopt_onnx_has_qdq_and_int8_weights(built, bench):
     assert len(int8) == 4 * bench.cfg.n_layer
 
 
+@pytest.mark.parametrize("method", ["onnx_fp32", "modelopt_int8"])
+def test_onnx_graphs_take_past_key_values_and_were_checked_on_a_cached_step(built, method):
+    folder, report = built(method)
+    lm, _ = load_lm(folder)
+    assert lm.has_past and lm.n_layers == COMPRESS["n_layer"]
+    assert {"onnxruntime_max_abs_error", "onnxruntime_max_abs_error_cached_step"} <= set(report)
+
+
+def _other_shapes(bench: Workbench):
+    """(ids, mask, kept positions, case) at batch sizes, lengths and left padding other than
+    the ones an exported graph was traced at."""
+    g = torch.Generator().manual_seed(0)
+    for batch, length, pad in [(3, 10, 4), (1, 5, 0), (5, bench.cfg.block_size, 9)]:
+        ids = torch.randint(3, 300, (batch, length), generator=g)
+        mask = torch.ones_like(ids)
+        mask[0, :pad] = 0
+        yield ids, mask, mask.bool(), (batch, length, pad)
+
+
+def test_onnx_fp32_is_the_baseline_on_other_shapes_and_padding(built, bench):
+    """Only the runtime changes: the same logits, whole contexts and cached steps alike."""
+    folder, report = built("onnx_fp32")
+    assert max(report["onnxruntime_max_abs_error"],
+               report["onnxruntime_max_abs_error_cached_step"]) < 1e-4
+    baseline, _ = load_lm(bench.baseline_dir)
+    onnx_lm, _ = load_lm(folder)
+    for ids, mask, keep, _ in _other_shapes(bench):
+        torch.testing.assert_close(onnx_lm.logits(ids, mask)[keep],
+                                   baseline.logits(ids, mask)[keep], atol=1e-4, rtol=1e-4)
+
+
 def test_structured_pruning_removes_mlp_neurons_to_the_target(built, bench):
     folder, report = built("prune_structured")
     assert report["linear_sparsity"] == pytest.approx(bench.cfg.prune_sparsity, abs=0.01)
@@ -151,14 +182,9 @@ def test_quantized_logits_track_the_baseline_on_other_shapes_and_padding(built, 
     folder, _ = built(method)
     baseline, _ = load_lm(bench.baseline_dir)
     quantized, _ = load_lm(folder)
-    g = torch.Generator().manual_seed(0)
-    for batch, length, pad in [(3, 10, 4), (1, 5, 0), (5, bench.cfg.block_size, 9)]:
-        ids = torch.randint(3, 300, (batch, length), generator=g)
-        mask = torch.ones_like(ids)
-        mask[0, :pad] = 0
-        keep = mask.bool()
+    for ids, mask, keep, case in _other_shapes(bench):
         want, got = baseline.logits(ids, mask)[keep], quantized.logits(ids, mask)[keep]
         assert got.shape == want.shape
         # QAT fine-tunes, so it drifts further from the baseline than post-training methods.
         limit = 0.25 if method == "qat_int8" else 0.1
-        assert (got - want).abs().max() <= limit * want.abs().max(), (batch, length, pad)
+        assert (got - want).abs().max() <= limit * want.abs().max(), case
