@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,6 +45,9 @@ from tasks.lm.tokenizer import train_bpe
 from tasks.scaffold import scaffold
 from tasks.settings import PROJECT_ROOT
 from tasks.train.loop import build_model
+
+sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+from report import update_section  # noqa: E402
 
 PROMPT, STEPS, BATCHES = 56, 16, (1, 8)
 BUILD_CONF = {"block_size": 128, "batch_size": 8, "calibration_batches": 2,
@@ -173,11 +177,14 @@ def main() -> None:
     results = PROJECT_ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "onnx_decode.json").write_text(json.dumps(out, indent=2))
-    print(table(rows))
-    print(f"\nPrompt {PROMPT} tokens, then {STEPS} one-token steps (context {PROMPT}-"
-          f"{PROMPT + STEPS}), a round's latency their median; median of {args.rounds} "
-          f"interleaved rounds, {out['torch_threads']} torch threads on {out['cpu_count']} "
-          f"CPU cores, torch {out['torch']}, onnxruntime {out['onnxruntime']}.")
+    note = (f"Prompt {PROMPT} tokens, then {STEPS} one-token steps (context {PROMPT}-"
+            f"{PROMPT + STEPS}), a round's latency their median; median of {args.rounds} "
+            f"interleaved rounds, {out['torch_threads']} torch threads on {out['cpu_count']} "
+            f"CPU cores, torch {out['torch']}, onnxruntime {out['onnxruntime']}.")
+    print(table(rows) + "\n\n" + note)
+    update_section("onnx-decode", "## ONNX decoding with past key/values\n\n"
+                   f"`.venv/bin/python bench/onnx_decode.py --sizes {args.sizes} --rounds "
+                   f"{args.rounds}` — per-token latency.\n\n{table(rows)}\n\n{note}")
 
 
 if __name__ == "__main__":

@@ -311,7 +311,9 @@ class Decoder:
         """Drop cancelled rows, then one token for every row."""
         events = self._drop_cancelled()
         # A row whose sequence has reached the context slides its window from now on.
-        full = [len(r.ids) >= self.lm.n_positions for r in self.cached.rows]
+        # (Its length in the cache: a held row stops growing its ids, not its cache.)
+        full = ([bool(f) for f in self.cached.mask.sum(-1) >= self.lm.n_positions]
+                if self.cached.rows else [])
         if any(full):
             self.window += [r for r, f in zip(self.cached.rows, full, strict=True) if f]
             self.cached.keep([not f for f in full])
