@@ -86,10 +86,11 @@ class Workload:
 
 def load(send: Send, workload: Workload, concurrency: int, seconds: float) -> dict:
     """Closed loop: `concurrency` clients send back to back for `seconds` (after a short
-    warm-up that is not counted)."""
-    latencies: list[float] = []
-    firsts: list[float] = []
-    tokens = [0]
+    warm-up that is not counted). Throughput counts the share of each request that falls in
+    the window (its tokens spread over its duration), so a long request counts for the time
+    it ran rather than not at all; latencies are those of the requests started in it (the
+    clients finish them after the window ends)."""
+    done: list[tuple[float, float, Answer]] = []  # started, ended, answer
     errors = [0]
     lock = threading.Lock()
     counted_from = time.perf_counter() + WARM_UP_S
@@ -97,7 +98,7 @@ def load(send: Send, workload: Workload, concurrency: int, seconds: float) -> di
 
     def client(index: int) -> None:
         rng = random.Random(index)
-        with httpx.Client(timeout=600) as session:
+        with httpx.Client(timeout=3600) as session:
             while (started := time.perf_counter()) < stop:
                 prompt, max_tokens = workload.draw(rng)
                 try:
@@ -106,23 +107,26 @@ def load(send: Send, workload: Workload, concurrency: int, seconds: float) -> di
                     with lock:
                         errors[0] += 1
                     continue
-                ended = time.perf_counter()
-                if started >= counted_from and ended <= stop:
-                    with lock:
-                        latencies.append(ended - started)
-                        firsts.append(answer.first_token_s)
-                        tokens[0] += answer.tokens
+                with lock:
+                    done.append((started, time.perf_counter(), answer))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = seconds
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors[0],
-            "rps": len(latencies) / wall, "tokens_per_s": tokens[0] / wall,
-            "ttft_p50_ms": _pct(firsts, 0.5), "ttft_p99_ms": _pct(firsts, 0.99),
-            "p99_ms": _pct(latencies, 0.99)}
+
+    def share(began: float, ended: float) -> float:
+        overlap = min(ended, stop) - max(began, counted_from)
+        return max(0.0, overlap) / max(ended - began, 1e-9)
+
+    inside = [(b, e, a) for b, e, a in done if counted_from <= b < stop]
+    return {"concurrency": concurrency, "requests": len(inside), "errors": errors[0],
+            "rps": sum(share(b, e) for b, e, _ in done) / seconds,
+            "tokens_per_s": sum(share(b, e) * a.tokens for b, e, a in done) / seconds,
+            "ttft_p50_ms": _pct([a.first_token_s for _, _, a in inside], 0.5),
+            "ttft_p99_ms": _pct([a.first_token_s for _, _, a in inside], 0.99),
+            "p99_ms": _pct([e - b for b, e, _ in inside], 0.99)}
 
 
 def _pct(values: list[float], q: float) -> float | None:
