@@ -149,8 +149,14 @@ def test_the_trigger_form_has_sections_and_refuses_an_out_of_range_value(server,
     browser.find_element(By.CSS_SELECTOR, "[id$=':trigger:Training']").click()
     max_steps = _until(browser, ec.visibility_of_element_located(
         (By.NAME, "element_max_steps")), "the max_steps field", "trigger")
+    # Typed so that every intermediate text is a number: a lone "-" is not one, and the field
+    # may redraw itself empty in between under load. (Home would be the spin button's "set
+    # to minimum", hence the arrow key.)
     max_steps.send_keys(Keys.CONTROL, "a")
-    max_steps.send_keys("-1", Keys.TAB)
+    max_steps.send_keys("1", Keys.ARROW_LEFT, "-")
+    _until(browser, lambda b: max_steps.get_attribute("value") == "-1", "typing -1",
+           "trigger-typed")
+    max_steps.send_keys(Keys.TAB)
     assert max_steps.get_attribute("value") == "-1"  # kept as typed, not clamped to 1
     submit.click()
     _until(browser, lambda b: "Invalid input for param max_steps" in dialog.text,
