@@ -24,7 +24,7 @@ from tasks.compress.convert import (
 )
 from tasks.config import LifecycleConfig
 from tasks.errors import BadInput
-from tasks.lm.artifact import LogitsOf, position_ids, write_manifest
+from tasks.lm.artifact import LogitsOf, context_length, position_ids, write_manifest
 from tasks.lm.likelihood import lm_loss
 from tasks.lm.onnx import CacheStep, OnnxLM, export_onnx
 from tasks.lm.template import prepare_tokenizer
@@ -58,6 +58,15 @@ class Workbench:
         tokenizer = AutoTokenizer.from_pretrained(str(self.baseline_dir))
         prepare_tokenizer(tokenizer)  # a no-op for the folders the lifecycle writes
         return tokenizer
+
+    @functools.cached_property
+    def n_positions(self) -> int:
+        """The baseline's context: what every artifact made from it serves (training blocks
+        may be shorter; an artifact declaring only their length would cut its prompts and
+        recompute a window for every token past it)."""
+        from transformers import AutoConfig
+
+        return context_length(AutoConfig.from_pretrained(str(self.baseline_dir)))
 
     def model(self):
         """A fresh copy of the baseline: every method transforms its own."""
@@ -113,16 +122,17 @@ def fine_tune(model: torch.nn.Module, wb: Workbench, steps: int, peak_lr: float,
     model.eval()
 
 
-def save_meta(out: Path, fmt: str, tokenizer, n_positions: int, **extra: Any) -> None:
-    """The tokenizer and manifest that make `out` a model folder of format `fmt`."""
-    tokenizer.save_pretrained(str(out))
-    write_manifest(out, fmt, n_positions, **extra)
+def save_meta(out: Path, fmt: str, wb: Workbench, **extra: Any) -> None:
+    """The tokenizer and manifest that make `out` a model folder of format `fmt`, with the
+    baseline's context."""
+    wb.tokenizer.save_pretrained(str(out))
+    write_manifest(out, fmt, wb.n_positions, **extra)
 
 
 def save_torch(module: torch.nn.Module, wb: Workbench, out: Path, method: str) -> Report:
     """Write an eager module (LogitsOf signature) as a `torch` format model folder."""
     torch.save(module, out / "model.pt")
-    save_meta(out, "torch", wb.tokenizer, wb.cfg.block_size, method=method)
+    save_meta(out, "torch", wb, method=method)
     return {"layers": layer_inventory(module)}
 
 
@@ -178,7 +188,7 @@ def _pt2e(wb: Workbench, out: Path, quant_config, calibrate: bool, method: str) 
 
     module = LogitsOf(conv1d_to_linear(wb.model())).eval()
     batch = torch.export.Dim("batch", min=1, max=1024)
-    length = torch.export.Dim("length", min=2, max=wb.cfg.block_size)
+    length = torch.export.Dim("length", min=2, max=wb.n_positions)
     dims = ({0: batch, 1: length},) * 3
     example = wb.example()
     prepared = prepare(export(module, example, dynamic_shapes=dims), quant_config=quant_config)
@@ -188,7 +198,7 @@ def _pt2e(wb: Workbench, out: Path, quant_config, calibrate: bool, method: str) 
         quantized = convert(prepared)
     program = torch.export.export(quantized, example, dynamic_shapes=dims)
     torch.export.save(program, str(out / "model.pt2"))
-    save_meta(out, "pt2", wb.tokenizer, wb.cfg.block_size, method=method)
+    save_meta(out, "pt2", wb, method=method)
     linears = [n for n in quantized.graph.nodes if n.op == "call_function"
                and "linear" in str(n.target)]
     quantized_inputs = sum(1 for n in linears if any("dequantize" in str(a.target)
@@ -247,7 +257,7 @@ def _check_onnx(step: CacheStep, wb: Workbench, path: Path, tolerance: float,
     ids, mask, positions = wb.example()
     with torch.no_grad():
         want = step(ids, mask, positions)[0]
-    lm = OnnxLM.load(path, wb.cfg.block_size)
+    lm = OnnxLM.load(path, wb.n_positions)
     _, past = lm.step(ids[:, :-1], mask[:, :-1], positions[:, :-1], None)
     cached = lm.step(ids[:, -1:], mask, positions[:, -1:], past)[0]
     errors = {"onnxruntime_max_abs_error": float((lm.logits(ids, mask) - want).abs().max()),
@@ -267,7 +277,7 @@ def onnx_fp32(wb: Workbench, out: Path) -> Report:
     step, path = CacheStep(wb.model()), out / "model.onnx"
     export_onnx(step, *wb.example()[:2], path)
     errors = _check_onnx(step, wb, path, 1e-4, "onnx_fp32")
-    save_meta(out, "onnx", wb.tokenizer, wb.cfg.block_size, method="onnx_fp32")
+    save_meta(out, "onnx", wb, method="onnx_fp32")
     return errors
 
 
@@ -298,7 +308,7 @@ def modelopt_int8(wb: Workbench, out: Path) -> Report:
     folded = fold_weight_quantizers(graph)
     onnx.save(graph, str(path))
     errors = _check_onnx(step, wb, path, 0.05, "modelopt_int8")
-    save_meta(out, "onnx", wb.tokenizer, wb.cfg.block_size, method="modelopt_int8")
+    save_meta(out, "onnx", wb, method="modelopt_int8")
     ops = [n.op_type for n in graph.graph.node]
     return {"layers": {"QuantizeLinear": ops.count("QuantizeLinear"),
                        "DequantizeLinear": ops.count("DequantizeLinear"),
@@ -322,7 +332,7 @@ def tensorrt_int8(wb: Workbench, out: Path) -> Report:
     from tasks.compress.engine import build_engine
 
     report = modelopt_int8(wb, out)
-    return report | build_engine(out / "model.onnx", out / "model.engine", wb.cfg.block_size)
+    return report | build_engine(out / "model.onnx", out / "model.engine", wb.n_positions)
 
 
 def distillation_loss(teacher: torch.nn.Module, cfg: LifecycleConfig) -> LossFn:
@@ -424,7 +434,7 @@ def prune_structured(wb: Workbench, out: Path) -> Report:
     fine_tune(model, wb, wb.cfg.finetune_steps, wb.cfg.learning_rate * 0.3,
               distillation_loss(wb.model(), wb.cfg))
     model.save_pretrained(str(out))
-    save_meta(out, "hf", wb.tokenizer, wb.cfg.block_size, method="prune_structured")
+    save_meta(out, "hf", wb, method="prune_structured")
     return {"mlp_neurons": f"{inner - drop}/{inner}",
             "linear_sparsity": drop * per_neuron / block_weights,
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -471,14 +481,14 @@ def distill(wb: Workbench, out: Path) -> Report:
     teacher_label = wb.teacher
     if wb.teacher_dir is not None:  # the champion: its own tokenizer and token blocks
         wb = Workbench(wb.cfg, wb.teacher_dir, wb.train_frame)
-    teacher, tokenizer = wb.model(), wb.tokenizer
+    teacher = wb.model()
     cfg = wb.cfg
     torch.manual_seed(cfg.seed)
     student = AutoModelForCausalLM.from_config(
         student_config(teacher.config, cfg.distill_n_layer, cfg.distill_n_embd))
     fine_tune(student, wb, cfg.distill_steps, cfg.learning_rate, distillation_loss(teacher, cfg))
     student.save_pretrained(str(out))
-    save_meta(out, "hf", tokenizer, cfg.block_size, method="distill")
+    save_meta(out, "hf", wb, method="distill")
     n_student = sum(p.numel() for p in student.parameters())
     n_teacher = sum(p.numel() for p in teacher.parameters())
     return {"parameters": n_student, "teacher_parameters": n_teacher,

@@ -144,6 +144,35 @@ def test_onnx_fp32_is_the_baseline_on_other_shapes_and_padding(built, bench):
                                    baseline.logits(ids, mask)[keep], atol=1e-4, rtol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def long_context(trained, tmp_path_factory) -> Workbench:
+    """A base checkpoint whose context (256 positions) is longer than the run's blocks."""
+    from tasks.scaffold import scaffold
+
+    _, prep, _ = trained
+    base = scaffold("gpt2", tmp_path_factory.mktemp("base"), size="tiny")
+    return Workbench(LifecycleConfig.from_dict(COMPRESS), base,
+                     pd.read_parquet(prep["splits"]["train"]))
+
+
+@pytest.mark.parametrize(("method", "limit"), [("onnx_fp32", 1e-4), ("torch_int8_dynamic", 0.1),
+                                               ("inc_int8_dynamic", 0.1)])
+def test_an_artifact_serves_its_base_models_whole_context(long_context, method, limit,
+                                                           tmp_path):
+    """Not only the training blocks' length: an artifact that declared that much would cut
+    longer prompts and recompute a window for every token past it."""
+    METHODS[method](long_context, tmp_path)
+    baseline, _ = load_lm(long_context.baseline_dir)
+    artifact, _ = load_lm(tmp_path)
+    assert artifact.n_positions == baseline.n_positions == 256
+    length = 6 * long_context.cfg.block_size
+    assert length < 256
+    ids = torch.randint(3, 500, (2, length), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    want, got = baseline.logits(ids, mask), artifact.logits(ids, mask)
+    assert (got - want).abs().max() <= limit * want.abs().max()
+
+
 def test_structured_pruning_removes_mlp_neurons_to_the_target(built, bench):
     folder, report = built("prune_structured")
     assert report["linear_sparsity"] == pytest.approx(bench.cfg.prune_sparsity, abs=0.01)
