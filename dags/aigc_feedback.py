@@ -10,6 +10,9 @@ Wiring only; the logic lives in `tasks.feedback`.
   last trigger; the reasons are in the task log.
 - **export**: writes the new rows as a Parquet snapshot and emits the Asset event that starts
   `aigc_lifecycle`, which trains on exactly those rows.
+- **retention**: deletes requests and feedback older than `AIGC_RETENTION_DAYS` (unset: kept),
+  except rows an export not yet trained on still needs; removes the files of exports
+  trained on before then. Erasure of one user: `python -m tasks.feedback erase --user ID`.
 
 Schedule: hourly (`AIGC_FEEDBACK_SCHEDULE`); the DAG starts paused — unpause it to watch.
 """
@@ -21,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aigc_airflow import config_params
-from aigc_airflow.alerts import on_failure
+from aigc_airflow.alerts import on_failure, on_run_failure
 from aigc_airflow.feedback import FEEDBACK_SNAPSHOTS
 from airflow.sdk import dag, task
 
@@ -39,7 +42,7 @@ SCHEDULE = os.environ.get("AIGC_FEEDBACK_SCHEDULE", "@hourly")
     max_active_runs=1,  # two runs must not both see the same rows as new
     params=config_params(FeedbackConfig),
     tags=["aigc", "feedback", "monitoring"],
-    on_failure_callback=on_failure,
+    on_failure_callback=on_run_failure,
     default_args={
         "owner": "ml-platform",
         "retries": 2,
@@ -76,8 +79,15 @@ def aigc_feedback():
             "rows": exported["row_count"]}
         return exported
 
+    @task
+    def retention() -> dict[str, Any]:
+        from aigc_airflow.feedback import purge_expired
+
+        return purge_expired()
+
     result = analyze()
     retrain_needed(result) >> export()
+    retention()
 
 
 aigc_feedback()

@@ -39,7 +39,7 @@ import os
 from datetime import datetime, timedelta
 
 from aigc_airflow import config_params, stage_task
-from aigc_airflow.alerts import on_failure
+from aigc_airflow.alerts import on_failure, on_run_failure
 from aigc_airflow.feedback import FEEDBACK_SNAPSHOTS
 from aigc_airflow.report import ReportOperator
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
@@ -76,7 +76,7 @@ TIMEOUTS = {
     max_active_runs=1,
     params=config_params(),
     tags=["aigc", "lifecycle", "training"],
-    on_failure_callback=on_failure,
+    on_failure_callback=on_run_failure,
     default_args={
         "on_failure_callback": on_failure,
         "owner": "ml-platform",
@@ -109,7 +109,7 @@ def aigc_lifecycle():
     promote >> ReportOperator(execution_timeout=TIMEOUTS["report"])
 
     # The report succeeds on a failed run; this leaf keeps the run's state failed then.
-    # The failed stage has alerted already: no second alert from here.
+    # The failed stage has alerted already: no second alert from here, nor from the DAG.
     @task(trigger_rule="one_failed", execution_timeout=TIMEOUTS["report"], retries=0,
           on_failure_callback=None)
     def run_failed() -> None:

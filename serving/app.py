@@ -69,6 +69,11 @@ class CanaryWeight(Strict):
     weight: int = Field(ge=0, le=100, description="challenger traffic percent")
 
 
+class ErasureRequest(Strict):
+    user: str = Field(min_length=1, max_length=256, description="the user id clients sent "
+                      "as `user`; found through the keyed hash stored in its place")
+
+
 def generate_request_model(settings: ServerSettings) -> type[Strict]:
     """The generate body, bounded by this server's limits."""
 
@@ -327,6 +332,21 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise HTTPException(409, str(exc)) from None
         log.info("challenger %s weight %d%%", body.version, body.weight)
         return canary_state()
+
+    @keyed.get("/admin/latencies", summary="The latest per-request latencies by version")
+    async def latencies(_: Annotated[None, Depends(admin)]) -> dict[str, Any]:
+        return {"versions": telemetry.samples.export()}
+
+    @keyed.post("/admin/erasure", summary="Erase one user's requests and feedback")
+    async def erasure(body: ErasureRequest, _: Annotated[None, Depends(admin)],
+                      ) -> dict[str, Any]:
+        from tasks.feedback.rights import erase
+
+        done = await asyncio.to_thread(erase, store, body.user, settings.user_hash_key,
+                                       settings.tracking_uri)
+        log.info("erasure %s: %d requests, %d feedback rows", done["erasure_id"],
+                 done["requests_deleted"], done["feedback_deleted"])
+        return done
 
     @keyed.post("/admin/reload", summary="Follow the MLflow aliases now")
     async def reload(_: Annotated[None, Depends(admin)]) -> dict[str, Any]:

@@ -176,6 +176,7 @@ class Service:
         t, version = self.telemetry, gen.version
         t.requests.labels(version, gen.route).inc()
         t.latency.labels(version).observe(latency)
+        t.samples.add(version, latency)
         if gen.finish == FINISH_ERROR:
             log.error("version %s failed: %s", version, gen.error)
             t.errors.labels(version, gen.route).inc()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from collections import OrderedDict, deque
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 # Fine enough below 100 ms for a small model, wide enough for long generations.
@@ -11,8 +14,32 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DIVERSITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
+class LatencySample:
+    """The latest per-request latencies of the last few versions served, numbered so that a
+    reader takes only those after its previous read: the canary's rank test compares them
+    (the histogram only says which bucket each fell in)."""
+
+    def __init__(self, per_version: int = 10_000, versions: int = 4) -> None:
+        self._numbers = itertools.count()
+        self._per_version, self._versions = per_version, versions
+        self._latest: OrderedDict[str, deque[tuple[int, float]]] = OrderedDict()
+
+    def add(self, version: str, seconds: float) -> None:
+        ring = self._latest.get(version)
+        if ring is None:
+            ring = self._latest[version] = deque(maxlen=self._per_version)
+            while len(self._latest) > self._versions:  # retired versions do not pile up
+                self._latest.popitem(last=False)
+        self._latest.move_to_end(version)
+        ring.append((next(self._numbers), seconds))
+
+    def export(self) -> dict[str, list[tuple[int, float]]]:
+        return {version: list(ring) for version, ring in self._latest.items()}
+
+
 class Telemetry:
     def __init__(self) -> None:
+        self.samples = LatencySample()
         self.registry = CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, fds

@@ -10,13 +10,30 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import ConfigError
+from tasks.rollout.policy import steps_problem
 
 # Compression methods by name (tasks.compress.methods.METHODS implements each).
 COMPRESSION_METHODS = ("torch_int8_dynamic", "inc_int8_dynamic", "inc_int8_static",
                        "inc_woq_rtn", "inc_woq_gptq", "qat_int8", "onnx_fp32", "modelopt_int8",
                        "tensorrt_int8", "prune_structured", "distill")
+def student_heads(width: int, heads: int, n_embd: int) -> int:
+    """Attention heads of a distilled student of width n_embd: the teacher's head size kept
+    (rotary embeddings and attention kernels are tuned to it), so the width must be a
+    multiple of it; anything else is refused rather than bent into fewer, wider heads."""
+    head_dim = width // heads
+    if n_embd % head_dim:
+        low = max(head_dim, n_embd - n_embd % head_dim)
+        raise ConfigError(f"distill_n_embd: {n_embd} is not a multiple of the teacher's head "
+                          f"size {head_dim} ({heads} heads over width {width}); the student "
+                          f"keeps the head size: use {low} or {low + head_dim}")
+    return n_embd // head_dim
+
+
 DEFAULT_COMPRESSION = ("torch_int8_dynamic", "inc_woq_rtn", "modelopt_int8", "prune_structured")
 
+# Every free-text field is bounded (a megabyte of URI would otherwise travel into every
+# log line that names it): URIs and paths, and names.
+URI_MAX, NAME_MAX = 2048, 100
 # A URI the ingest stage accepts: the bundled demo, a local path, file:// or s3://.
 DATASET_URI_PATTERN = r"^(demo://chatterbot|file://.+|s3://.+|[^:]+)$"
 # What MLflow accepts as a registered model name, and what both DAGs' Params check.
@@ -38,7 +55,13 @@ class CheckedConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            _check_field(f, getattr(self, f.name))
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                # Arrays are tuples inside, as declared (the config is frozen and
+                # hashable), lists in JSON and wherever a caller passes one.
+                value = tuple(value)
+                object.__setattr__(self, f.name, value)
+            _check_field(f, value)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
@@ -50,10 +73,8 @@ class CheckedConfig:
         # The trigger form sends an optional field that was left or made empty as null.
         optional = {f.name: type(f.default)() for f in dataclasses.fields(cls)
                     if _is_optional(f)}
-        data = {k: optional[k] if v is None and k in optional else v for k, v in data.items()}
-        # Arrays are tuples inside (the config is frozen and hashable), lists in JSON.
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
+        return cls(**{k: optional[k] if v is None and k in optional else v
+                      for k, v in data.items()})
 
     @classmethod
     def load(cls, source: str) -> Any:
@@ -76,8 +97,9 @@ class LifecycleConfig(CheckedConfig):
         "JSONL/CSV/Parquet path under an allowed root, or s3://bucket/key when configured.",
         pattern=DATASET_URI_PATTERN,
         minLength=1,
+        maxLength=URI_MAX,
     )
-    languages: list[str] = _f(
+    languages: tuple[str, ...] = _f(
         ("english", "chinese"),
         "Languages allowed in the data (and, for the demo, loaded from the corpus).",
         items={"type": "string", "enum": ["english", "chinese"]},
@@ -99,7 +121,7 @@ class LifecycleConfig(CheckedConfig):
         "file://), s3://bucket/prefix under an allowed S3 root, a registered version "
         "(models:/name@alias or models:/name/3; a compressed version trains from its "
         "uncompressed source), or a model hub id (hf://org/name or org/name) where the hub "
-        "is reachable.", pattern=BASE_MODEL_PATTERN)
+        "is reachable.", pattern=BASE_MODEL_PATTERN, maxLength=URI_MAX)
     finetune_method: str = _f(
         "full", "full: train every weight; lora: low-rank adapters on a frozen base_model "
         "(registered merged into the base).", enum=["full", "lora"])
@@ -107,9 +129,10 @@ class LifecycleConfig(CheckedConfig):
     lora_alpha: float = _f(16.0, "LoRA alpha (the update is scaled by alpha / r).",
                            exclusiveMinimum=0, maximum=4096)
     lora_dropout: float = _f(0.05, "Dropout on the LoRA branch.", minimum=0, maximum=0.9)
-    lora_target_modules: list[str] = _f(
+    lora_target_modules: tuple[str, ...] = _f(
         (), "Module names LoRA adapts, e.g. q_proj (empty: the attention and MLP projections "
-        "of the architecture).", items={"type": "string", "pattern": r"^[A-Za-z0-9_.]+$"},
+        "of the architecture).", items={"type": "string", "pattern": r"^[A-Za-z0-9_.]+$",
+                                        "maxLength": NAME_MAX}, maxItems=64,
         uniqueItems=True)
     loss_on_prompt: bool = _f(False, "Train on the prompt tokens too; by default only the "
                               "response tokens carry loss.")
@@ -125,6 +148,10 @@ class LifecycleConfig(CheckedConfig):
                          "from scratch; at most a base model's context).", minimum=16,
                          maximum=8192)
     batch_size: int = _f(16, "Sequences per optimizer step.", minimum=1, maximum=1024)
+    grad_accumulation: int = _f(
+        1, "Micro-batches each worker splits its share of a step into (the step's batch and "
+        "its trajectory are unchanged; less memory). Doubled by itself on the retry of an "
+        "attempt that died out of memory.", minimum=1, maximum=1024)
     max_steps: int = _f(600, "Optimizer steps to train.", minimum=1, maximum=1_000_000)
     learning_rate: float = _f(3e-3, "Peak AdamW learning rate.", exclusiveMinimum=0, maximum=1.0)
     warmup_steps: int = _f(50, "Linear warm-up steps before cosine decay.", minimum=0)
@@ -150,7 +177,7 @@ class LifecycleConfig(CheckedConfig):
     model_name: str = _f("", "Registered model name in MLflow (empty: the registered model a "
                          "models:/ base belongs to, else aigc-<architecture>: aigc-gpt2 for "
                          "the demo, aigc-llama for a Llama base).",
-                         pattern=f"^$|{MODEL_NAME_PATTERN}")
+                         pattern=f"^$|{MODEL_NAME_PATTERN}", maxLength=NAME_MAX)
     eval_samples: int = _f(64, "Held-out prompts sampled for distinct-n and similarity.",
                            minimum=1, maximum=10000)
     max_new_tokens: int = _f(24, "Tokens generated per evaluation prompt.", minimum=1,
@@ -169,7 +196,7 @@ class LifecycleConfig(CheckedConfig):
         0.02, "A/B gate: largest relative loss versus the champion allowed on any metric.",
         minimum=0, maximum=1,
     )
-    compress_methods: list[str] = _f(
+    compress_methods: tuple[str, ...] = _f(
         DEFAULT_COMPRESSION,
         "Compression candidates to build after training (empty: no compression). "
         "tensorrt_int8 needs a CUDA GPU with TensorRT.",
@@ -207,11 +234,12 @@ class LifecycleConfig(CheckedConfig):
     distill_alpha: float = _f(0.5, "Weight of the KL term (the rest is the LM loss).",
                               minimum=0, maximum=1)
 
-    canary_steps: list[int] = _f(
+    canary_steps: tuple[int, ...] = _f(
         (5, 25, 50, 100),
         "Challenger traffic percent at each canary step, rising to 100 (empty: no canary; "
         "promotion then rests on the offline evaluation alone).",
-        items={"type": "integer", "minimum": 1, "maximum": 100}, uniqueItems=True)
+        items={"type": "integer", "minimum": 1, "maximum": 100}, uniqueItems=True,
+        maxItems=100)
     canary_interval_s: float = _f(60.0, "Seconds of traffic observed per canary analysis.",
                                   minimum=1, maximum=86400)
     canary_min_requests: int = _f(50, "Requests each version must serve at a step before it "
@@ -237,6 +265,9 @@ class LifecycleConfig(CheckedConfig):
         super().__post_init__()
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd: {self.n_embd} is not a multiple of n_head={self.n_head}")
+        if ("distill" in self.compress_methods and not self.base_model
+                and self.distill_teacher == "challenger"):
+            student_heads(self.n_embd, self.n_head, self.distill_n_embd)
         if self.val_fraction + self.test_fraction >= 0.5:
             raise ConfigError("val_fraction + test_fraction: must leave most data for training")
         if self.min_chars > self.max_chars:
@@ -244,23 +275,29 @@ class LifecycleConfig(CheckedConfig):
         if self.nodes > 1 and (self.compute_target != "kubernetes" or self.launcher == "single"):
             raise ConfigError("nodes: more than one node needs compute_target=kubernetes and "
                               "a distributed launcher (horovod, ddp or fsdp)")
-        if self.canary_steps and (list(self.canary_steps) != sorted(self.canary_steps)
-                                  or self.canary_steps[-1] != 100):
-            raise ConfigError(f"canary_steps: {list(self.canary_steps)} must rise and end at 100")
+        problem = self.canary_steps and steps_problem(self.canary_steps)
+        if problem:
+            raise ConfigError(f"canary_steps: {list(self.canary_steps)} {problem}")
         if self.finetune_method == "lora" and not self.base_model:
             raise ConfigError("finetune_method: lora needs a base_model (adapters on a "
                               "randomly initialised model learn next to nothing)")
         if self.warmup_steps >= self.max_steps:
             raise ConfigError(f"warmup_steps: {self.warmup_steps} is not below "
                               f"max_steps={self.max_steps}")
-        if self.batch_size % self.world_size:
+        if self.batch_size % (self.world_size * self.grad_accumulation):
             raise ConfigError(f"batch_size: {self.batch_size} is not divisible by "
-                              f"workers={self.world_size}")
+                              f"workers={self.world_size} x grad_accumulation="
+                              f"{self.grad_accumulation}")
 
     @property
     def world_size(self) -> int:
         """Training processes in total: the global batch is split evenly across them."""
         return 1 if self.launcher == "single" else self.workers * self.nodes
+
+    @property
+    def micro_batch(self) -> int:
+        """Sequences in one forward and backward pass of one worker."""
+        return self.batch_size // (self.world_size * self.grad_accumulation)
 
 
 
@@ -269,7 +306,7 @@ class FeedbackConfig(CheckedConfig):
     """The feedback DAG's knobs: drift windows, retrain thresholds, cooldown, what trains."""
 
     model_name: str = _f("aigc-gpt2", "Registered model whose champion is watched.",
-                         pattern=MODEL_NAME_PATTERN)
+                         pattern=MODEL_NAME_PATTERN, maxLength=NAME_MAX)
     window_hours: float = _f(24.0, "Recent window: the champion's feedback and responses "
                              "in the last N hours.", exclusiveMinimum=0, maximum=8760)
     baseline_hours: float = _f(168.0, "Baseline window: the N hours before the recent one.",
@@ -300,7 +337,7 @@ SECTIONS: dict[type, dict[str, tuple[str, ...]]] = {LifecycleConfig: {
               "lora_dropout", "lora_target_modules", "loss_on_prompt", "vocab_size",
               "n_layer", "n_embd", "n_head", "dropout", "block_size"),
     "Training": ("launcher", "workers", "nodes", "compute_target", "precision", "batch_size",
-                 "max_steps", "learning_rate", "warmup_steps", "weight_decay",
+                 "grad_accumulation", "max_steps", "learning_rate", "warmup_steps", "weight_decay",
                  "checkpoint_every", "eval_every", "seed"),
     "Compression": ("compress_methods", "compress_policy", "compress_max_quality_loss",
                     "compress_min_speedup", "compress_max_size_ratio", "latency_batch",
@@ -347,6 +384,12 @@ def _is_optional(f: dataclasses.Field) -> bool:
     return f.default == ""
 
 
+def _shown(value: Any) -> str:
+    """A refused value as an error quotes it: cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:80]}… ({len(text):,} characters)"
+
+
 def _check_field(f: dataclasses.Field, value: Any) -> None:
     """Enforce the same type and bounds that the Params schema declares."""
     schema = field_schema(f)
@@ -359,7 +402,7 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
         "boolean": isinstance(value, bool),
     }[kind]
     if not ok_type:
-        raise ConfigError(f"{f.name}: expected {kind}, got {value!r}")
+        raise ConfigError(f"{f.name}: expected {kind}, got {_shown(value)}")
     if kind in ("integer", "number"):
         if "minimum" in schema and value < schema["minimum"]:
             raise ConfigError(f"{f.name}: {value} is below the minimum {schema['minimum']}")
@@ -368,15 +411,21 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
         if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
             raise ConfigError(f"{f.name}: {value} must be above {schema['exclusiveMinimum']}")
     if "enum" in schema and value not in schema["enum"]:
-        raise ConfigError(f"{f.name}: {value!r} is not one of {schema['enum']}")
+        raise ConfigError(f"{f.name}: {_shown(value)} is not one of {schema['enum']}")
     if kind == "string":
         if len(value) < schema.get("minLength", 0):
             raise ConfigError(f"{f.name}: must not be empty")
+        if len(value) > schema.get("maxLength", len(value)):
+            raise ConfigError(f"{f.name}: {len(value):,} characters, over the limit of "
+                              f"{schema['maxLength']:,}")
         if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
-            raise ConfigError(f"{f.name}: {value!r} does not match {schema['pattern']}")
+            raise ConfigError(f"{f.name}: {_shown(value)} does not match {schema['pattern']}")
     if kind == "array":
         if len(value) < schema.get("minItems", 0):
             raise ConfigError(f"{f.name}: needs at least {schema['minItems']} item(s)")
+        if len(value) > schema.get("maxItems", len(value)):
+            raise ConfigError(f"{f.name}: {len(value)} items, over the limit of "
+                              f"{schema['maxItems']}")
         if schema.get("uniqueItems") and len(set(value)) != len(value):
             raise ConfigError(f"{f.name}: lists an item twice")
         for item in value:
@@ -386,17 +435,20 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
 def _check_item(name: str, schema: dict[str, Any], item: Any) -> None:
     """One array item against its schema (type, bounds, enum)."""
     if schema["type"] == "integer" and (not isinstance(item, int) or isinstance(item, bool)):
-        raise ConfigError(f"{name}: item {item!r} is not an integer")
+        raise ConfigError(f"{name}: item {_shown(item)} is not an integer")
     if schema["type"] == "string" and not isinstance(item, str):
-        raise ConfigError(f"{name}: item {item!r} is not a string")
+        raise ConfigError(f"{name}: item {_shown(item)} is not a string")
+    if schema["type"] == "string" and len(item) > schema.get("maxLength", len(item)):
+        raise ConfigError(f"{name}: an item of {len(item):,} characters, over the limit of "
+                          f"{schema['maxLength']:,}")
     if "minimum" in schema and item < schema["minimum"]:
         raise ConfigError(f"{name}: item {item} is below the minimum {schema['minimum']}")
     if "maximum" in schema and item > schema["maximum"]:
         raise ConfigError(f"{name}: item {item} is above the maximum {schema['maximum']}")
     if "enum" in schema and item not in schema["enum"]:
-        raise ConfigError(f"{name}: {item!r} is not one of {schema['enum']}")
+        raise ConfigError(f"{name}: {_shown(item)} is not one of {schema['enum']}")
     if "pattern" in schema and not re.fullmatch(schema["pattern"], item):
-        raise ConfigError(f"{name}: item {item!r} does not match {schema['pattern']}")
+        raise ConfigError(f"{name}: item {_shown(item)} does not match {schema['pattern']}")
 
 
 def _sections(cls: type[CheckedConfig]) -> dict[str, str]:

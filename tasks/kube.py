@@ -17,6 +17,7 @@ from tasks import kubecheck
 from tasks.errors import BadInput, ConfigError
 from tasks.runner import stage_argv
 from tasks.stage import StageContext
+from tasks.train.preempt import GRACE_ENV
 
 SETTINGS_ENV = "AIGC_KUBERNETES_CONFIG"
 # mpi-operator names the hostfile it mounts in the launcher (/etc/mpi/hostfile) here (OpenMPI),
@@ -32,6 +33,7 @@ def mpi_hostfile() -> str | None:
         return None
     return os.environ.get(MPI_HOSTFILE_ENV)
 FINISH_ACTIONS = ("delete_pod", "delete_succeeded_pod", "keep_pod")
+PREEMPT_MARGIN_S = 10  # of the pod's grace period, left for the process to exit
 TRAIN_TIMEOUT_SECONDS = 6 * 3600  # the train task's execution_timeout (dags/aigc_lifecycle.py)
 
 
@@ -174,6 +176,12 @@ def _volume(settings: KubernetesSettings, ctx: StageContext) -> tuple[dict, dict
     return volume, mount
 
 
+def preempt_env(settings: KubernetesSettings) -> dict[str, str]:
+    """Training's SIGTERM checkpoint must end within the pod's grace period, with time left
+    for the process to exit before the kubelet's SIGKILL."""
+    return {GRACE_ENV: str(max(1, settings.termination_grace_seconds - PREEMPT_MARGIN_S))}
+
+
 def _env_list(env: dict[str, str]) -> list[dict[str, str]]:
     return [{"name": k, "value": v} for k, v in env.items()]
 
@@ -199,7 +207,7 @@ def pod_spec(settings: KubernetesSettings, ctx: StageContext, name: str, command
         "restartPolicy": "Never",
         "containers": [{
             "name": name, "image": settings.image, "imagePullPolicy": settings.image_pull_policy,
-            "command": command, "env": _env_list(env),
+            "command": command, "env": _env_list(env | preempt_env(settings)),
             "resources": settings.resources(), "volumeMounts": [mount],
         }],
         "volumes": [volume],
@@ -261,7 +269,7 @@ def trainjob_manifest(ctx: StageContext, settings: KubernetesSettings) -> dict[s
                            "kind": "ClusterTrainingRuntime"},
             "trainer": {
                 "image": settings.image, "command": pod_command(ctx),
-                "env": _env_list(container_env(ctx)),
+                "env": _env_list(container_env(ctx) | preempt_env(settings)),
                 "numNodes": ctx.config.nodes, "numProcPerNode": ctx.config.workers,
                 "resourcesPerNode": settings.resources(),
             },

@@ -278,6 +278,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         client = mlflow.MlflowClient()
         client.log_artifact(run_.parent_id, str(target), "report")
         experiment = client.get_run(run_.parent_id).info.experiment_id
+        run_.set_tags({"aigc.run_state": "failed" if missing else "success"}, parent=True)
+    # Last, after every stage reopened and closed it: the DAG run's own outcome (a stage
+    # that failed before it logged anything never marked it).
+    client.set_terminated(run_.parent_id, status="FAILED" if missing else "FINISHED")
     url = run_url(experiment, run_.parent_id, "report/report.html")
     log.info("report: %s (%d charts embedded); in MLflow: %s", target, len(charts), url)
     return {"report_uri": str(target), "charts": charts, "url": url,

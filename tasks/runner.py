@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +48,27 @@ def localize(argv: list[str]) -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def _passing_sigterm(proc: subprocess.Popen) -> Iterator[None]:
+    """SIGTERM to this process (a pod's eviction, a spot notice) goes on to the child, which
+    ends gracefully (training checkpoints); this process then fails with the child's code."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_command(argv: list[str], *, label: str, env: dict[str, str] | None = None) -> None:
     """Run argv, streaming its output into our log; raise StageFailed with its tail on error."""
     log.info("running %s", " ".join(argv))
     full_env = os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {})
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=full_env, bufsize=1) as proc:
+                          env=full_env, bufsize=1) as proc, _passing_sigterm(proc):
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip("\n")

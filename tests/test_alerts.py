@@ -8,7 +8,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
 
-from aigc_airflow.alerts import alert_payload, on_failure
+from aigc_airflow.alerts import alert_payload, on_failure, on_run_failure
 
 CONTEXT = {
     "dag_run": SimpleNamespace(dag_id="aigc_lifecycle", run_id="manual__1"),
@@ -27,7 +27,7 @@ def test_payload_names_the_dag_run_task_try_and_error():
     assert payload["error"] == "worker 1 died" and payload["log_url"] == "http://airflow/log"
 
 
-def test_alert_is_posted_to_the_connection_webhook(monkeypatch):
+def _webhook(monkeypatch) -> tuple[list[tuple[dict, str]], HTTPServer]:
     received: list[tuple[dict, str]] = []
 
     class Hook(BaseHTTPRequestHandler):
@@ -45,6 +45,11 @@ def test_alert_is_posted_to_the_connection_webhook(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_AIGC_ALERTS", json.dumps({
         "conn_type": "http", "host": "127.0.0.1", "port": server.server_port,
         "schema": "http", "password": "s3cret", "extra": {"endpoint": "/hooks/aigc"}}))
+    return received, server
+
+
+def test_alert_is_posted_to_the_connection_webhook(monkeypatch):
+    received, server = _webhook(monkeypatch)
     try:
         on_failure(CONTEXT)
     finally:
@@ -60,3 +65,16 @@ def test_without_a_webhook_the_alert_is_logged(monkeypatch, caplog, home):
     with caplog.at_level(logging.ERROR, logger="aigc_airflow.alerts"):
         on_failure(CONTEXT)
     assert any("worker 1 died" in r.getMessage() for r in caplog.records)
+
+
+def test_a_run_failed_by_a_task_does_not_alert_again(monkeypatch):
+    received, server = _webhook(monkeypatch)
+    run = {"dag_run": CONTEXT["dag_run"]}
+    try:
+        on_failure(CONTEXT)  # the failed task's
+        on_run_failure(run | {"reason": "task_failure"})  # then the DAG's
+        on_run_failure(run | {"reason": "timed_out"})  # a run no task failed
+    finally:
+        server.shutdown()
+    assert [(p["task_id"], p["error"]) for p, _ in received] == [
+        ("train", "worker 1 died"), (None, "timed_out")]

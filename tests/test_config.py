@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tasks.config import ConfigError, LifecycleConfig, params_schema
+from tasks.config import ConfigError, LifecycleConfig, field_schema, params_schema
 
 
 def test_defaults_are_valid_and_round_trip():
@@ -94,3 +94,46 @@ def test_base_model_forms_and_the_derived_model_name_are_accepted():
     cfg = LifecycleConfig(base_model="/m", finetune_method="lora", launcher="fsdp",
                           compute_target="kubernetes")
     assert cfg.model_name == "" and cfg.world_size == 2
+
+
+def test_list_fields_hold_what_they_declare_however_the_config_is_made():
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(LifecycleConfig)
+    arrays = [f.name for f in dataclasses.fields(LifecycleConfig)
+              if field_schema(f)["type"] == "array"]
+    assert set(arrays) == {"languages", "lora_target_modules", "compress_methods",
+                           "canary_steps"}
+    made = [LifecycleConfig(), LifecycleConfig(canary_steps=[5, 100], languages=["english"]),
+            LifecycleConfig.from_dict({"compress_methods": ["distill"]})]
+    for cfg in made:
+        for name in arrays:
+            assert typing.get_origin(hints[name]) is tuple
+            assert isinstance(getattr(cfg, name), tuple), (name, getattr(cfg, name))
+        hash(cfg)
+    assert made[1].to_dict()["canary_steps"] == [5, 100]
+
+
+def test_every_free_text_field_is_bounded_and_a_long_value_is_not_echoed():
+    import dataclasses
+
+    from tasks.config import FeedbackConfig
+
+    for cls in (LifecycleConfig, FeedbackConfig):
+        for f in dataclasses.fields(cls):
+            schema = field_schema(f)
+            if schema["type"] == "string" and "enum" not in schema:
+                assert "maxLength" in schema, f.name
+            if schema["type"] == "array" and "enum" not in schema["items"]:
+                assert "maxItems" in schema, f.name
+    huge = "x" * 1_000_000
+    with pytest.raises(ConfigError) as err:
+        LifecycleConfig(dataset_uri=huge)
+    assert str(err.value) == "dataset_uri: 1,000,000 characters, over the limit of 2,048"
+    with pytest.raises(ConfigError) as err:
+        LifecycleConfig(max_steps=huge)
+    assert len(str(err.value)) < 200
+    with pytest.raises(ConfigError, match="an item of 5,000 characters"):
+        LifecycleConfig(lora_target_modules=["q" * 5000])
+    assert params_schema(LifecycleConfig)["dataset_uri"]["maxLength"] == 2048

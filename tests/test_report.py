@@ -112,6 +112,9 @@ def test_a_full_run_renders_every_chart(tmp_path):
     artifacts = mlflow.MlflowClient(settings.tracking_uri).list_artifacts(
         result["mlflow_run_id"], "report")
     assert [Path(a.path).name for a in artifacts] == ["report.html"]
+    # Two stages are missing here: the run they belong to did not succeed.
+    assert mlflow.MlflowClient(settings.tracking_uri).get_run(
+        result["mlflow_run_id"]).info.status == "FAILED"
     # In MLflow's artifact viewer, on its training (not GenAI) view.
     assert result["url"].endswith(f"/runs/{result['mlflow_run_id']}/artifacts/report/"
                                   "report.html?workflowType=machine_learning")
@@ -130,3 +133,7 @@ def test_a_failed_run_still_gets_a_report_with_the_failing_expectation_first(tmp
                                "expect_column_values_to_not_be_null")
     assert '<tr class="fail"><td>NO</td>' in html
     assert json.loads(json.dumps(result))["charts"] == ["data"]
+    import mlflow
+
+    parent = mlflow.MlflowClient(settings.tracking_uri).get_run(result["mlflow_run_id"])
+    assert parent.info.status == "FAILED" and parent.data.tags["aigc.run_state"] == "failed"

@@ -51,6 +51,15 @@ def webhook(conn_id: str = ALERT_CONNECTION) -> tuple[str, dict[str, str]] | Non
     return url, headers
 
 
+def on_run_failure(context: dict[str, Any]) -> None:
+    """The DAG's callback: alerts only for a run that failed without a failed task's alert
+    (its deadline passed, its tasks deadlocked); a failed task has alerted already."""
+    if context.get("reason") == "task_failure":
+        log.info("run failed: the failed task's own alert went out")
+        return
+    on_failure(context)
+
+
 def on_failure(context: dict[str, Any]) -> None:
     payload = alert_payload(context)
     try:

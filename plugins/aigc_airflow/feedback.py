@@ -65,3 +65,18 @@ def export_feedback(params: dict[str, Any], dag_run_id: str) -> dict[str, Any]:
     finally:
         store.close()
     return asdict(export)
+
+
+def purge_expired() -> dict[str, Any]:
+    """Retention: requests and feedback older than AIGC_RETENTION_DAYS go (off when unset)."""
+    from dataclasses import asdict
+
+    from tasks.feedback.rights import purge, retention_days
+
+    days = retention_days()
+    store = _store()
+    try:
+        record = purge(store, days)
+    finally:
+        store.close()
+    return {"retention_days": days, "purged": asdict(record) if record else None}

@@ -29,6 +29,7 @@ from tasks.kube import (
     pod_spec,
 )
 from tasks.stage import RESULT_FILE, StageContext
+from tasks.train.oom import after_oom, note_oom
 
 ACTIVE = ("Pending", "Running")
 # On a job: the hash of the manifest it was made from. A retry takes a finished job's result
@@ -187,6 +188,12 @@ class StagePodOperator(KubernetesPodOperator):
                 return None
             self.log.info("deleting pod %s (%s)", current.metadata.name, current.status.phase)
             self.pod_manager.delete_pod(current)
+        if self.stage == "train" and _oom_killed(current, self.base_container_name):
+            # The whole container went, so no process in it could say so: the retry reads
+            # this note and splits the batch in smaller micro-batches.
+            ctx = self._stage_context(context)
+            note_oom(ctx.stage_dir, after_oom(ctx.stage_dir, ctx.config),
+                     f"pod {current.metadata.name}: container OOMKilled")
         if _exit_code(current, self.base_container_name) == EXIT_BAD_INPUT:
             self.patch_already_checked(current, reraise=False)
             self.process_pod_deletion(current, reraise=False)
@@ -270,11 +277,22 @@ def _get_job(api: Any, kind: JobKind, namespace: str, name: str) -> dict | None:
         raise
 
 
-def _exit_code(pod: Any, container: str) -> int | None:
+def _terminated(pod: Any, container: str) -> Any:
     for status in (pod.status.container_statuses or []) if pod.status else []:
         if status.name == container and status.state and status.state.terminated:
-            return status.state.terminated.exit_code
+            return status.state.terminated
     return None
+
+
+def _exit_code(pod: Any, container: str) -> int | None:
+    ended = _terminated(pod, container)
+    return ended.exit_code if ended else None
+
+
+def _oom_killed(pod: Any, container: str) -> bool:
+    """The kubelet's word that the container died of memory (a plain SIGKILL says Error)."""
+    ended = _terminated(pod, container)
+    return bool(ended and ended.reason == "OOMKilled")
 
 
 def _digest(manifest: dict[str, Any]) -> str:

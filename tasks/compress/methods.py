@@ -22,7 +22,7 @@ from tasks.compress.convert import (
     layer_inventory,
     quantize_embeddings,
 )
-from tasks.config import LifecycleConfig
+from tasks.config import LifecycleConfig, student_heads
 from tasks.errors import BadInput
 from tasks.lm.artifact import LogitsOf, context_length, position_ids, write_manifest
 from tasks.lm.likelihood import lm_loss
@@ -449,15 +449,12 @@ def _block_weights(model: torch.nn.Module) -> int:
 
 
 def student_config(teacher: Any, n_layer: int, n_embd: int) -> Any:
-    """The teacher's architecture and vocabulary at a smaller depth and width: heads keep
-    the teacher's head size where it divides the width, the MLP its width ratio."""
+    """The teacher's architecture and vocabulary at a smaller depth and width: the heads
+    keep the teacher's head size, the MLP its width ratio."""
     config = copy.deepcopy(teacher)
-    width, heads = teacher.hidden_size, teacher.num_attention_heads
-    head_dim = width // heads
+    width = teacher.hidden_size
+    config.num_attention_heads = student_heads(width, teacher.num_attention_heads, n_embd)
     config.hidden_size = n_embd
-    config.num_attention_heads = next(h for h in range(max(1, n_embd // head_dim), 0, -1)
-                                      if n_embd % h == 0 and (n_embd // h) % 2 == 0
-                                      or h == 1)
     config.num_hidden_layers = n_layer
     if getattr(config, "num_key_value_heads", None):
         config.num_key_value_heads = config.num_attention_heads

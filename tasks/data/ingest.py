@@ -10,7 +10,8 @@ from typing import Any
 import pandas as pd
 
 from tasks.config import LifecycleConfig
-from tasks.data.source import COLUMNS, DISALLOWED_CHARS, content_hash, read_source
+from tasks.data.pii import mask_text
+from tasks.data.source import COLUMNS, DISALLOWED_CHARS, ORIGIN, content_hash, read_source
 from tasks.stage import StageContext, atomic_path
 from tasks.tracking import stage_run
 
@@ -22,6 +23,18 @@ def sample_rows(frame: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
     if not max_rows or len(frame) <= max_rows:
         return frame
     return frame.sample(n=max_rows, random_state=seed).sort_index().reset_index(drop=True)
+
+
+TEXT_COLUMNS = ("prompt", "response")
+
+
+def mask_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The frame with PII in its texts masked, and how many spans of each kind were."""
+    counts: Counter[str] = Counter()
+    masked = frame.copy()
+    for col in TEXT_COLUMNS:
+        masked[col] = [mask_text(v, counts) if isinstance(v, str) else v for v in masked[col]]
+    return masked, dict(counts)
 
 
 def write_parquet(frame: pd.DataFrame, target) -> None:
@@ -44,8 +57,11 @@ def feedback_rows(exports: list[dict[str, Any]], corpus: pd.DataFrame, cfg: Life
                   ) -> tuple[pd.DataFrame, dict[str, int]]:
     """The pairs of the feedback snapshots that triggered this run, minus those unfit to
     train on, by reason (they stay in the store and the snapshot)."""
-    frames = [pd.read_parquet(e["uri"]) for e in exports]
-    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    frames = [pd.read_parquet(e["uri"]).assign(**{ORIGIN: lambda f, e=e: [
+        f"feedback export {e['export_id']} row {i}" for i in range(1, len(f) + 1)]})
+        for e in exports]
+    rows = (pd.concat(frames, ignore_index=True) if frames
+            else pd.DataFrame(columns=[*COLUMNS, ORIGIN]))
     seen = set(zip(corpus["prompt"], corpus["response"], strict=True))
     kept, dropped = [], Counter()
     for row in rows.itertuples(index=False):
@@ -56,27 +72,32 @@ def feedback_rows(exports: list[dict[str, Any]], corpus: pd.DataFrame, cfg: Life
             dropped[reason] += 1
             continue
         seen.add((row.prompt, row.response))
-        kept.append({c: getattr(row, c) for c in COLUMNS})
+        kept.append({c: getattr(row, c) for c in (*COLUMNS, ORIGIN)})
     if dropped:
         log.warning("feedback: %d of %d rows not used: %s", sum(dropped.values()), len(rows),
                     dict(dropped))
-    return pd.DataFrame(kept, columns=COLUMNS), dict(dropped)
+    return pd.DataFrame(kept, columns=[*COLUMNS, ORIGIN]), dict(dropped)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.config
-    frame = read_source(cfg.dataset_uri, tuple(cfg.languages), ctx.settings.allowed_roots)
+    frame = read_source(cfg.dataset_uri, cfg.languages, ctx.settings.allowed_roots)
     frame = sample_rows(frame, cfg.max_rows, cfg.seed)
-    # Feedback rows are added after sampling: max_rows never drops what users rated.
+    # Masked before anything is written: the snapshot, its hash, every later stage and every
+    # artifact of the run only ever see the masked text.
+    frame, pii = mask_frame(frame)
+    # Feedback rows (masked when they were stored) are added after sampling: max_rows never
+    # drops what users rated.
     exports = ctx.inputs.get("feedback", {}).get("exports", [])
     extra, dropped = feedback_rows(exports, frame, cfg)
     frame = pd.concat([frame, extra], ignore_index=True) if len(extra) else frame
     digest = content_hash(frame)
     snapshot = ctx.stage_dir / f"dataset-{digest[:16]}.parquet"
     write_parquet(frame, snapshot)
-    log.info("ingested %d rows from %s -> %s (sha256 %s)", len(frame), cfg.dataset_uri,
-             snapshot, digest)
+    log.info("ingested %d rows from %s -> %s (sha256 %s); PII spans masked: %s", len(frame),
+             cfg.dataset_uri, snapshot, digest, pii or "none")
     result = {"dataset_uri": str(snapshot), "rows": len(frame), "dataset_hash": digest,
+              "pii_masked": pii,
               "source_uri": cfg.dataset_uri,
               "languages": {k: int(v) for k, v in frame["language"].value_counts().items()},
               "feedback": {"exports": [e["export_id"] for e in exports], "rows": len(extra),
@@ -84,6 +105,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     with stage_run(ctx) as run_:
         run_.log_params({"source_uri": cfg.dataset_uri, "rows": len(frame),
                          "feedback_rows": len(extra)})
+        run_.log_metrics({"pii_masked": sum(pii.values())})
         run_.set_tags({"aigc.dataset_hash": digest, "aigc.feedback_exports":
                        ",".join(e["export_id"] for e in exports) or "none"}, parent=True)
     if exports:

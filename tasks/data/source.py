@@ -11,9 +11,15 @@ from urllib.parse import urlparse
 import pandas as pd
 
 from tasks.config import ConfigError
+from tasks.errors import BadInput
 from tasks.locations import resolve_location
 
 COLUMNS = ["prompt", "response", "language"]
+# Where a row came from, as a person finds it in the source: "line 7" of a JSONL file,
+# "row 3" of a CSV file as a spreadsheet numbers it (the header is row 1) or of a Parquet
+# file. Validation errors name rows by it; it is not part of the dataset's content hash.
+ORIGIN = "origin"
+MAX_LISTED = 10  # bad lines named in one error
 # Characters outside Latin, general punctuation and CJK (incl. full-width forms) are refused:
 # they are the usual sign of a broken encoding or binary garbage in a text column.
 DISALLOWED_CHARS = (
@@ -22,10 +28,48 @@ DISALLOWED_CHARS = (
 )
 DEMO_URI = "demo://chatterbot"
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+def _jsonl_line(number: int, raw: bytes) -> tuple[dict | None, str | None]:
+    """(row, None) or (None, why line `number` is not a JSON object)."""
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return None, f"line {number}: not UTF-8 (byte {exc.start + 1})"
+    except json.JSONDecodeError as exc:
+        return None, f"line {number}: not JSON ({exc.msg} at column {exc.colno})"
+    if not isinstance(row, dict):
+        return None, f"line {number}: a JSON {type(row).__name__}, not an object"
+    return row, None
+
+
+def _read_jsonl(fh) -> pd.DataFrame:
+    """One JSON object per line; every bad line is named at once (bad input: no retries)."""
+    rows, origins, bad = [], [], []
+    for number, raw in enumerate(fh, start=1):
+        if not raw.strip():
+            continue
+        row, problem = _jsonl_line(number, raw)
+        if problem:
+            bad.append(problem)
+            continue
+        rows.append(row)
+        origins.append(f"line {number}")
+    if bad:
+        more = f"; and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        raise BadInput(f"dataset_uri: {len(bad)} line(s) of the JSONL file are not JSON "
+                       f"objects: {'; '.join(bad[:MAX_LISTED])}{more}")
+    return pd.DataFrame(rows).assign(**{ORIGIN: origins})
+
+
+def _numbered(frame: pd.DataFrame, first: int) -> pd.DataFrame:
+    return frame.assign(**{ORIGIN: [f"row {i}" for i in range(first, first + len(frame))]})
+
+
 _READERS = {
-    ".jsonl": lambda f: pd.read_json(f, lines=True, dtype=False),
-    ".csv": lambda f: pd.read_csv(f, dtype=str, keep_default_na=True),
-    ".parquet": pd.read_parquet,
+    ".jsonl": _read_jsonl,
+    ".csv": lambda f: _numbered(pd.read_csv(f, dtype=str, keep_default_na=True), 2),
+    ".parquet": lambda f: _numbered(pd.read_parquet(f), 1),
 }
 
 
@@ -65,9 +109,10 @@ def resolve_uri(uri: str, allowed_roots: tuple[str, ...]) -> str:
 
 def read_source(uri: str, languages: tuple[str, ...],
                 allowed_roots: tuple[str, ...]) -> pd.DataFrame:
-    """Load the source as prompt/response/language, keeping bad rows for validation to judge."""
+    """Load the source as prompt/response/language and each row's origin, keeping bad rows
+    for validation to judge."""
     if uri == DEMO_URI:
-        return load_demo(languages)
+        return _numbered(load_demo(languages), 1)
     target = resolve_uri(uri, allowed_roots)
     suffix = Path(urlparse(target).path).suffix.lower()
     if suffix not in _READERS:
@@ -86,7 +131,7 @@ def read_source(uri: str, languages: tuple[str, ...],
     # Nulls stay nulls so the validation gate sees and reports them.
     for col in COLUMNS:
         frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
-    return frame[COLUMNS].reset_index(drop=True)
+    return frame[[*COLUMNS, ORIGIN]].reset_index(drop=True)
 
 
 def content_hash(frame: pd.DataFrame) -> str:

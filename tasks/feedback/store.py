@@ -67,9 +67,26 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE feedback ADD COLUMN export_id TEXT REFERENCES feedback_exports (export_id);
     CREATE INDEX feedback_export ON feedback (export_id);
     """,
+    """
+    CREATE INDEX requests_user ON requests (user_id);
+    CREATE INDEX requests_created ON requests (created_at);
+    CREATE INDEX feedback_created ON feedback (created_at);
+    CREATE TABLE erasures (
+        erasure_id TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('user', 'retention')),
+        requests_deleted INTEGER NOT NULL,
+        feedback_deleted INTEGER NOT NULL,
+        exports_changed TEXT NOT NULL,
+        trained_in TEXT NOT NULL
+    );
+    """,
 )
 # Held while migrating PostgreSQL, so two servers starting together migrate once.
 PG_MIGRATION_LOCK = 7_246_001
+# Held by exports, erasures and purges on PostgreSQL: an export never writes a row that an
+# erasure deletes in the same moment (SQLite's write transactions are serial already).
+PG_ROWS_LOCK = 7_246_002
 
 
 def now() -> str:
@@ -114,6 +131,21 @@ class Export:
     uri: str
     row_count: int
     created: bool  # False: an earlier attempt of the same run made it
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What an erasure or a retention purge did, with nothing personal in it: counts, the
+    exports whose files changed, and the lifecycle runs that had already trained on erased
+    rows (their models cannot unlearn them: lineage names the versions)."""
+
+    erasure_id: str
+    created_at: str
+    kind: str  # "user" or "retention"
+    requests_deleted: int
+    feedback_deleted: int
+    exports_changed: tuple[str, ...]
+    trained_in: tuple[str, ...]
 
 
 class UnknownRequest(KeyError):
@@ -277,6 +309,7 @@ class FeedbackStore:
         and returns a URI; the rows are marked with the export in the same transaction, so
         no row is exported (and trained on) twice. A retried run gets its first export."""
         with self._tx() as run:
+            self._lock_rows(run)
             earlier = run("SELECT * FROM feedback_exports WHERE dag_run_id = :run",
                           {"run": dag_run_id}).fetchone()
             if earlier is not None:
@@ -298,6 +331,77 @@ class FeedbackStore:
                 run("UPDATE feedback SET export_id = :export WHERE feedback_id = :id",
                     {"export": export_id, "id": row["feedback_id"]})
         return Export(export_id, dag_run_id, uri, len(rows), True)
+
+    def _lock_rows(self, run: Callable[..., Any]) -> None:
+        if self.postgres:
+            run(f"SELECT pg_advisory_xact_lock({PG_ROWS_LOCK})")
+
+    def erase_user(self, user_ref: str, rewrite: Callable[[str, set[str]], None]) -> Erasure:
+        """Delete every request of the user stored as `user_ref` and all feedback on them, in
+        one transaction. An export not yet trained on loses the user's rows too
+        (`rewrite(uri, feedback_ids)` rewrites its file without them), so no future training
+        sees them; exports already trained on are named by the lifecycle runs that used
+        them. A failure anywhere deletes nothing."""
+        with self._tx() as run:
+            self._lock_rows(run)
+            requests = [r["request_id"] for r in map(dict, run(
+                "SELECT request_id FROM requests WHERE user_id = :ref",
+                {"ref": user_ref}).fetchall())]
+            rows = [dict(r) for r in run(
+                "SELECT f.feedback_id, f.export_id, e.uri, e.consumed_by FROM feedback f JOIN "
+                "requests r ON r.request_id = f.request_id LEFT JOIN feedback_exports e ON "
+                "e.export_id = f.export_id WHERE r.user_id = :ref", {"ref": user_ref})]
+            pending: dict[tuple[str, str], set[str]] = {}
+            for row in rows:
+                if row["export_id"] and not row["consumed_by"]:
+                    pending.setdefault((row["export_id"], row["uri"]), set()).add(
+                        row["feedback_id"])
+            for (export_id, uri), ids in pending.items():
+                rewrite(uri, ids)
+                run("UPDATE feedback_exports SET row_count = row_count - :n WHERE export_id = "
+                    ":id", {"n": len(ids), "id": export_id})
+            for row in rows:
+                run("DELETE FROM feedback WHERE feedback_id = :id", {"id": row["feedback_id"]})
+            for request_id in requests:
+                run("DELETE FROM requests WHERE request_id = :id", {"id": request_id})
+            trained = {row["consumed_by"] for row in rows if row["consumed_by"]}
+            return self._record(run, "user", len(requests), len(rows),
+                                sorted(e for e, _ in pending), sorted(trained))
+
+    def purge_before(self, cutoff: str, remove: Callable[[str], None]) -> Erasure:
+        """Retention: delete requests and feedback created before `cutoff` (an ISO time),
+        except the rows an export not yet trained on holds (and their requests), and the
+        files of exports trained on before it (`remove(uri)`)."""
+        with self._tx() as run:
+            self._lock_rows(run)
+            old_exports = [dict(r) for r in run(
+                "SELECT export_id, uri FROM feedback_exports WHERE created_at < :cutoff AND "
+                "consumed_by IS NOT NULL AND uri <> ''", {"cutoff": cutoff}).fetchall()]
+            feedback = run(
+                "DELETE FROM feedback WHERE created_at < :cutoff AND (export_id IS NULL OR "
+                "export_id IN (SELECT export_id FROM feedback_exports WHERE consumed_by IS "
+                "NOT NULL))", {"cutoff": cutoff}).rowcount
+            requests = run(
+                "DELETE FROM requests WHERE created_at < :cutoff AND NOT EXISTS (SELECT 1 FROM "
+                "feedback f WHERE f.request_id = requests.request_id)",
+                {"cutoff": cutoff}).rowcount
+            for export in old_exports:
+                remove(export["uri"])
+                run("UPDATE feedback_exports SET uri = '' WHERE export_id = :id",
+                    {"id": export["export_id"]})
+            return self._record(run, "retention", requests, feedback,
+                                [e["export_id"] for e in old_exports], [])
+
+    @staticmethod
+    def _record(run: Callable[..., Any], kind: str, requests: int, feedback: int,
+                exports: list[str], trained: list[str]) -> Erasure:
+        erasure = Erasure(uuid.uuid4().hex, now(), kind, requests, feedback, tuple(exports),
+                          tuple(trained))
+        run("INSERT INTO erasures VALUES (:erasure_id, :created_at, :kind, :requests_deleted, "
+            ":feedback_deleted, :exports_changed, :trained_in)",
+            asdict(erasure) | {"exports_changed": json.dumps(exports),
+                               "trained_in": json.dumps(trained)})
+        return erasure
 
     def mark_consumed(self, export_id: str, lifecycle_run_id: str) -> None:
         """Record which lifecycle run trained on an export (lineage); set once."""

@@ -4,7 +4,7 @@ canary (when one ran) both say so."""
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,20 +28,27 @@ def final_decision(evaluated: dict[str, Any], canary: dict[str, Any] | None,
         f"{canary['steps']} analyses ({canary['history'][-1]})"
 
 
-def retire_canary(canary: dict[str, Any] | None, version: str) -> None:
-    """After the alias moved: a long-running server follows it now (the challenger, now
-    equal to the champion, has no separate weight); a KServe service makes the canary
-    revision the rolled-out one."""
+def retire_canary(canary: dict[str, Any] | None) -> Callable[[str], None]:
+    """What to do once the alias moved: a long-running server follows it now (the
+    challenger, now equal to the champion, has no separate weight); a KServe service makes
+    the canary revision the rolled-out one. Settings are checked here, before anything
+    moves: a missing key must not leave a half-made promotion."""
     target = (canary or {}).get("target") or {}
     if target.get("kind") == "kserve":
         from tasks.rollout.stage import kserve_target
 
-        kserve_target().promote(version)
-    elif target.get("url"):
+        return kserve_target().promote
+    if target.get("url"):
         from tasks.rollout.controller import ServerTarget
+        from tasks.rollout.stage import server_admin_key
 
-        state = ServerTarget(target["url"], os.environ["AIGC_ADMIN_KEY"]).reload()
-        log.info("server now serves champion %s (expected %s)", state["champion"], version)
+        server = ServerTarget(target["url"], server_admin_key(target["url"]))
+
+        def follow(version: str) -> None:
+            state = server.reload()
+            log.info("server now serves champion %s (expected %s)", state["champion"], version)
+        return follow
+    return lambda version: None
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -51,6 +58,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     canary = ctx.inputs.get("canary")
     name, version_ = ev["model_name"], ev["challenger_version"]
     promote, reason = final_decision(ev, canary)
+    retire = retire_canary(canary)
     with stage_run(ctx) as run_:
         client = mlflow.MlflowClient()
         verdict = "promoted" if promote else "rejected"
@@ -68,7 +76,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                        version_ if promote else (ev["champion_version"] or "none")},
                       parent=True)
     if promote:
-        retire_canary(canary, version_)
+        retire(version_)
     champion = version_ if promote else ev["champion_version"]
     log.info("%s version %s: %s (champion is now %s)", verdict, version_, reason, champion)
     return {"model_name": name, "version": version_, "decision": verdict, "reason": reason,

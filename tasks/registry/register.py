@@ -58,18 +58,18 @@ def register(ctx: StageContext, name: str, model_dir: str, role: str, tags: dict
     existing = find_version(client, name, ctx.run_id, role)
     if existing is not None:
         log.info("reusing version %s registered by an earlier attempt", existing.version)
-        return str(existing.version)
-    info = mlflow.pyfunc.log_model(
-        name="model", python_model=GenerativeModel(), artifacts={ARTIFACT_KEY: model_dir},
-        signature=signature(), pip_requirements=_requirements(requirements),
-        registered_model_name=name,
-    )
-    mv = info.registered_model_version
-    all_tags = {TAG_DAG_ID: ctx.dag_id, TAG_RUN_ID: ctx.run_id, "aigc.role": role} | tags
-    for key, value in all_tags.items():
-        client.set_model_version_tag(name, str(mv), key, str(value))
-    describe(client, ctx, name, str(mv), role, tags)
-    return str(mv)
+        mv = str(existing.version)
+    else:
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=GenerativeModel(), artifacts={ARTIFACT_KEY: model_dir},
+            signature=signature(), pip_requirements=_requirements(requirements))
+        # The tags that find the version again go in with its creation: a version without
+        # them (an attempt cut off between two calls) would be registered again on retry.
+        all_tags = {TAG_DAG_ID: ctx.dag_id, TAG_RUN_ID: ctx.run_id, "aigc.role": role} | tags
+        mv = str(mlflow.register_model(info.model_uri, name, tags={
+            k: str(v) for k, v in all_tags.items()}).version)
+    describe(client, ctx, name, mv, role, tags)
+    return mv
 
 
 MODEL_DESCRIPTION = (

@@ -11,12 +11,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tasks.rollout.observe import MetricsSource, Snapshot, observation
-from tasks.rollout.policy import Action, CanaryPolicy, CanaryState, next_canary_step
+from tasks.rollout.policy import (
+    Action,
+    CanaryPolicy,
+    CanaryState,
+    Observation,
+    next_canary_step,
+)
 
 log = logging.getLogger(__name__)
-STAT_TEST = ("online A/B per step: one-sided Fisher exact test of the challenger's error rate "
-             "and negative-feedback rate against the champion's (alpha from policy); P99 "
-             "latency ratio from the latency histograms")
+STAT_TEST = ("anytime-valid over the whole rollout (false rollback <= alpha, split over three "
+             "rules): error and negative-feedback rates by a mixture SPRT of conditional 2x2 "
+             "likelihood ratios (odds ratios 2-16); latency by the P99 ratio and a one-sided "
+             "Mann-Whitney test on per-request latencies (histogram buckets as ties when read "
+             "from Prometheus), its level spent over the analyses")
 
 
 class Target(Protocol):
@@ -74,6 +82,12 @@ class CanaryOutcome:
                 "steps": [dataclasses.asdict(s) for s in self.steps]}
 
 
+def _summary(obs: Observation) -> dict[str, Any]:
+    """What a step record keeps of an observation: its counts, not its latency sample."""
+    return {f.name: getattr(obs, f.name) for f in dataclasses.fields(obs)
+            if f.name != "latencies"} | {"latency_samples": obs.latency_samples}
+
+
 def run_canary(*, target: Target, source: MetricsSource, champion: str, challenger: str,
                policy: CanaryPolicy, interval_s: float,
                on_step: Callable[[StepRecord], None] = lambda r: None,
@@ -99,8 +113,8 @@ def run_canary(*, target: Target, source: MetricsSource, champion: str, challeng
                 baseline = champ
             decision = next_canary_step(state, champ, chall, policy)
             record = StepRecord(state.step, weight, decision.action.value, decision.weight,
-                                decision.reasons, dataclasses.asdict(champ),
-                                dataclasses.asdict(chall), time.time())
+                                decision.reasons, _summary(champ), _summary(chall),
+                                time.time())
             outcome.steps.append(record)
             log.info("canary %s at %d%%: %s", decision.action.value, weight,
                      "; ".join(decision.reasons))

@@ -1,11 +1,13 @@
 """Per-version traffic counters from the server's /metrics or from Prometheus, and the
-Observation of an interval: the difference of two snapshots."""
+Observation of an interval: the difference of two snapshots. The local server also hands
+the controller a bounded sample of per-request latencies (its admin API); Prometheus has
+only the histogram's buckets, which the rank test reads as ties."""
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from tasks.rollout.policy import Observation
@@ -22,6 +24,7 @@ class Snapshot:
     feedback_positive: float = 0
     feedback_total: float = 0
     buckets: tuple[tuple[float, float], ...] = field(default_factory=tuple)  # (le, count)
+    samples: tuple[tuple[int, float], ...] = ()  # (sequence number, latency seconds)
 
 
 class MetricsSource(Protocol):
@@ -53,10 +56,25 @@ def _minus(after: Snapshot, before: Snapshot | None) -> Snapshot:
     # A restarted server resets its counters: count from zero rather than go negative.
     if after.requests < before.requests:
         return after
+    last = max((seq for seq, _ in before.samples), default=-1)
     return Snapshot(after.requests - before.requests, after.errors - before.errors,
                     after.feedback_positive - before.feedback_positive,
                     after.feedback_total - before.feedback_total,
-                    tuple((le, c - prior.get(le, 0)) for le, c in after.buckets))
+                    tuple((le, c - prior.get(le, 0)) for le, c in after.buckets),
+                    tuple(s for s in after.samples if s[0] > last))
+
+
+def _latencies(d: Snapshot) -> tuple[tuple[float, int], ...]:
+    """Milliseconds with counts: the per-request sample where there is one, else the
+    histogram's buckets (each bucket's bound standing for the latencies in it)."""
+    if d.samples:
+        return tuple((seconds * 1000, 1) for _, seconds in d.samples)
+    out, below = [], 0.0
+    for le, count in sorted(d.buckets):
+        if count > below:
+            out.append((le * 1000, int(count - below)))
+        below = count
+    return tuple(out)
 
 
 def observation(before: Snapshot | None, after: Snapshot | None) -> Observation:
@@ -66,7 +84,7 @@ def observation(before: Snapshot | None, after: Snapshot | None) -> Observation:
     return Observation(requests=int(d.requests), errors=int(d.errors),
                        p99_ms=bucket_quantile(P99, d.buckets) * 1000,
                        feedback_positive=int(d.feedback_positive),
-                       feedback_total=int(d.feedback_total))
+                       feedback_total=int(d.feedback_total), latencies=_latencies(d))
 
 
 def snapshots_from_text(text: str) -> dict[str, Snapshot]:
@@ -95,17 +113,27 @@ def snapshots_from_text(text: str) -> dict[str, Snapshot]:
 
 
 class ServerMetrics:
-    """Scrape one server's /metrics (the embedded default: a single replica)."""
+    """Scrape one server's /metrics (the embedded default: a single replica), and with the
+    admin key its latency sample."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, admin_key: str | None = None) -> None:
         self.url = url.rstrip("/")
+        self.admin_key = admin_key
 
     def snapshot(self) -> dict[str, Snapshot]:
         import requests
 
         reply = requests.get(f"{self.url}/metrics", timeout=10)
         reply.raise_for_status()
-        return snapshots_from_text(reply.text)
+        snapshots = snapshots_from_text(reply.text)
+        if self.admin_key is None:
+            return snapshots
+        reply = requests.get(f"{self.url}/admin/latencies", timeout=10,
+                             headers={"Authorization": f"Bearer {self.admin_key}"})
+        reply.raise_for_status()
+        samples = reply.json()["versions"]
+        return {v: replace(s, samples=tuple((int(q), float(t)) for q, t in samples.get(v, ())))
+                for v, s in snapshots.items()}
 
 
 # Summed over every replica Prometheus scrapes (KServe revisions included).

@@ -28,7 +28,7 @@ TAG_LIMIT = 5000  # MLflow's limit on a model version tag value
 
 
 def policy_of(cfg: LifecycleConfig) -> CanaryPolicy:
-    return CanaryPolicy(steps=tuple(cfg.canary_steps), min_requests=cfg.canary_min_requests,
+    return CanaryPolicy(steps=cfg.canary_steps, min_requests=cfg.canary_min_requests,
                         max_holds=cfg.canary_max_holds,
                         # P99 of fewer samples than an advance needs is no evidence either.
                         min_latency_samples=min(20, cfg.canary_min_requests),
@@ -59,6 +59,15 @@ def compact_record(outcome: CanaryOutcome) -> str:
     return json.dumps(brief, separators=(",", ":"))[:TAG_LIMIT]
 
 
+def server_admin_key(url: str) -> str:
+    """The admin key that steers the long-running server at `url`; bad input without it."""
+    key = os.environ.get("AIGC_ADMIN_KEY")
+    if not key:
+        raise BadInput(f"AIGC_ADMIN_KEY: needed to steer the model server at {url} (set it, or "
+                       "the password of the Airflow Connection aigc_model_server)")
+    return key
+
+
 @contextlib.contextmanager
 def local_target(ctx: StageContext, model_name: str, prompts: list[str],
                  ) -> Iterator[tuple[str, str]]:
@@ -71,10 +80,7 @@ def local_target(ctx: StageContext, model_name: str, prompts: list[str],
     url = os.environ.get("AIGC_SERVER_URL")
     cfg = ctx.config
     if url:
-        admin_key, api_key = os.environ.get("AIGC_ADMIN_KEY"), os.environ.get("AIGC_API_KEY")
-        if not admin_key:
-            raise BadInput("AIGC_ADMIN_KEY: needed to steer the server at AIGC_SERVER_URL "
-                           "(set it, or the Airflow Connection aigc_model_server)")
+        admin_key, api_key = server_admin_key(url), os.environ.get("AIGC_API_KEY")
         synthetic = cfg.canary_traffic == "synthetic"
         if synthetic and not api_key:
             raise BadInput("AIGC_API_KEY: synthetic canary traffic needs a client key")
@@ -120,14 +126,15 @@ def kserve_target() -> Any:
                         name=os.environ.get("AIGC_KSERVE_SERVICE", "aigc-model"))
 
 
-def metrics_source(server_url: str | None) -> MetricsSource:
-    """Prometheus when configured (every replica summed), else the one server's /metrics."""
+def metrics_source(server_url: str | None, admin_key: str | None = None) -> MetricsSource:
+    """Prometheus when configured (every replica summed), else the one server's /metrics
+    and its latency sample."""
     prometheus = os.environ.get("AIGC_PROMETHEUS_URL")
     if prometheus:
         return PrometheusMetrics(prometheus, os.environ.get("AIGC_PROMETHEUS_SELECTOR", ""))
     if server_url is None:
         raise BadInput("AIGC_PROMETHEUS_URL: the kubernetes canary reads its metrics there")
-    return ServerMetrics(server_url)
+    return ServerMetrics(server_url, admin_key)
 
 
 def _kserve(version: str) -> tuple[Any, MetricsSource]:
@@ -177,7 +184,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             with local_target(ctx, name, prompts) as (url, admin_key):
                 target = ServerTarget(url, admin_key)
                 _check_served(target, champion, version)
-                outcome = run_canary(target=target, source=metrics_source(url),
+                outcome = run_canary(target=target, source=metrics_source(url, admin_key),
                                      champion=champion, challenger=version, policy=policy,
                                      interval_s=ctx.config.canary_interval_s,
                                      on_step=_log_step(run_))

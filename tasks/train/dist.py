@@ -67,8 +67,10 @@ class Backend:
         """Distribute the parameters before the optimizer sees them (FSDP); else as is."""
         return model
 
-    def wrap(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer
-             ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    def wrap(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             accumulation: int = 1) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """The model to run forward and the optimizer to step, for `accumulation` backward
+        passes a step (DDP and FSDP average each pass's gradients, which adds up alike)."""
         return model, optimizer
 
     def broadcast_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -142,7 +144,7 @@ class DDPBackend(Backend):
                          local_rank=int(os.environ.get("LOCAL_RANK", 0)))
         self._dist = dist
 
-    def wrap(self, model, optimizer):
+    def wrap(self, model, optimizer, accumulation=1):
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [self.local_rank] if torch.cuda.is_available() else None
@@ -194,7 +196,7 @@ class FSDPBackend(DDPBackend):
         fully_shard(model)
         return model
 
-    def wrap(self, model, optimizer):
+    def wrap(self, model, optimizer, accumulation=1):
         return model, optimizer
 
     def broadcast_state(self, model, optimizer, resumed: bool) -> None:
@@ -255,12 +257,14 @@ class HorovodBackend(Backend):
                          local_rank=hvd.local_rank())
         self._hvd = hvd
 
-    def wrap(self, model, optimizer):
+    def wrap(self, model, optimizer, accumulation=1):
         # The wrapper is a new optimizer built from the param groups: state loaded into the
-        # old one is lost, so wrap before loading a checkpoint.
+        # old one is lost, so wrap before loading a checkpoint. It reduces once after the
+        # step's last backward pass (it refuses more passes than it was told of).
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         return model, self._hvd.DistributedOptimizer(
-            optimizer, named_parameters=trainable, op=self._hvd.Average)
+            optimizer, named_parameters=trainable, op=self._hvd.Average,
+            backward_passes_per_step=accumulation)
 
     def broadcast_state(self, model, optimizer, resumed: bool) -> None:
         # Only after a resume: a rank with an empty state first takes a zero-gradient

@@ -6,7 +6,10 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import replace
 from typing import Any
+
+import torch
 
 from tasks.config import LifecycleConfig
 from tasks.kube import mpi_hostfile
@@ -14,7 +17,8 @@ from tasks.runner import StageFailed, localize, run_command
 from tasks.stage import StageContext, write_json
 from tasks.threads import THREAD_VARS
 from tasks.train.dist import Backend
-from tasks.train.worker import rank_file, run_worker
+from tasks.train.oom import after_oom, attempts, note_oom, oom_kills
+from tasks.train.worker import oom_files, rank_file, run_worker
 
 log = logging.getLogger(__name__)
 WORKER = ["-m", "tasks.train.worker", "--config"]
@@ -65,26 +69,51 @@ def collect(ctx: StageContext) -> dict[str, Any]:
     return results[0]
 
 
+def _launch(ctx: StageContext, multi_node: bool) -> None:
+    cfg = ctx.config
+    if cfg.launcher == "single":
+        run_worker(ctx, Backend())
+        return
+    payload = write_json(ctx.payload_path, ctx.to_payload())
+    argv = launcher_argv(cfg, str(payload), hostfile=mpi_hostfile(), multi_node=multi_node)
+    run_command(localize(argv), label=f"{cfg.launcher} workers",
+                env=thread_env(cfg.workers) | ctx.settings.to_env())
+
+
+def _launch_noting_oom(ctx: StageContext, multi_node: bool) -> None:
+    """Launch the workers; an attempt that dies out of memory is noted for the retry."""
+    kills = oom_kills()
+    try:
+        _launch(ctx, multi_node)
+    except torch.OutOfMemoryError as exc:  # launcher=single: in this process
+        note_oom(ctx.stage_dir, ctx.config, f"{type(exc).__name__}: {exc}")
+        raise StageFailed(f"train: out of memory: {exc}") from exc
+    except StageFailed:
+        reported = [p.read_text() for p in oom_files(ctx.stage_dir)]
+        now = oom_kills()
+        if reported:
+            note_oom(ctx.stage_dir, ctx.config, reported[0])
+        elif kills is not None and now is not None and now > kills:
+            note_oom(ctx.stage_dir, ctx.config,
+                     f"the kernel's OOM killer killed {now - kills} process(es) (cgroup "
+                     "oom_kill)")
+        raise
+
+
 def run(ctx: StageContext) -> dict[str, Any] | None:
     """Train; None on a TrainJob's other nodes, whose ranks node 0 collects."""
-    cfg = ctx.config
+    ctx = replace(ctx, config=after_oom(ctx.stage_dir, ctx.config))
     multi_node = int(os.environ.get(NODES_ENV, "1")) > 1
     if node_rank() == 0:
         # Rank results of an earlier attempt must not pass for this attempt's. Other nodes
         # leave them alone: node 0's ranks may already be writing theirs.
         shutil.rmtree(ctx.stage_dir / "ranks", ignore_errors=True)
-    if cfg.launcher == "single":
-        run_worker(ctx, Backend())
-    else:
-        payload = write_json(ctx.payload_path, ctx.to_payload())
-        argv = launcher_argv(cfg, str(payload), hostfile=mpi_hostfile(),
-                             multi_node=multi_node)
-        run_command(localize(argv), label=f"{cfg.launcher} workers",
-                    env=thread_env(cfg.workers) | ctx.settings.to_env())
+    _launch_noting_oom(ctx, multi_node)
     if node_rank() != 0:
         log.info("node %d: workers finished; node 0 collects the result", node_rank())
         return None
-    result = collect(ctx)
+    result = collect(ctx) | {"grad_accumulation": ctx.config.grad_accumulation,
+                             "oom_retries": len(attempts(ctx.stage_dir))}
     log.info("trained %d parameters on %d %s worker(s): val perplexity %.1f (untrained %.1f)",
              result["parameters"], result["workers"], result["launcher"],
              result["val_perplexity"], result["untrained_val_perplexity"])

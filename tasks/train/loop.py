@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import statistics
 import time
 from contextlib import nullcontext
@@ -28,10 +29,12 @@ from tasks.train.checkpoint import (
 )
 from tasks.train.data import Blocks, batch_indices, shard, token_blocks
 from tasks.train.dist import Backend
+from tasks.train.preempt import Preempted, Preemption, grace_seconds
 
 log = logging.getLogger(__name__)
 LOG_EVERY = 10
 PROGRESS_FILE = "progress.json"
+OOM_TEST_ENV = "AIGC_TEST_OOM_AT"
 
 
 def build_model(cfg: LifecycleConfig, tokenizer, base_dir: str | None) -> torch.nn.Module:
@@ -127,17 +130,36 @@ def _resume_or_start(cfg, ckpt_root, model, optimizer, scheduler, scaler, val_bl
     return meta
 
 
+def _forced_oom(step: int, rows: int) -> None:
+    """Where no GPU can run out of memory, a test makes one: AIGC_TEST_OOM_AT="step:rows"
+    raises the real out-of-memory exception at that step for a micro-batch of more rows."""
+    spec = os.environ.get(OOM_TEST_ENV)
+    if spec:
+        at, above = (int(v) for v in spec.split(":"))
+        if step == at and rows > above:
+            raise torch.OutOfMemoryError(f"forced out of memory at step {step} with a "
+                                         f"micro-batch of {rows} ({OOM_TEST_ENV})")
+
+
 def _step(cfg: LifecycleConfig, step: int, forward_model, train_blocks: Blocks, backend: Backend,
-          device: torch.device, autocast) -> torch.Tensor:
-    """This rank's loss on its shard of the step's global batch, scaled so that averaging
-    the ranks' gradients gives the global batch's mean over its labelled tokens."""
+          device: torch.device, autocast, scaler) -> torch.Tensor:
+    """Forward and backward of this rank's shard of the step's global batch, in
+    grad_accumulation micro-batches whose gradients add up to the shard's: each loss is
+    scaled by the global batch's labelled tokens, so averaging the ranks' gradients gives
+    the global batch's mean whatever the split. Returns the shard's (scaled) loss."""
     torch.manual_seed(step_seed(cfg.seed, step, backend.rank))
     idx = batch_indices(step, len(train_blocks), cfg.batch_size, cfg.seed)
-    batch = train_blocks[shard(idx, backend.rank, backend.size)].to(device)
     count = labelled(train_blocks.labels[idx]) / backend.size
-    with autocast():
-        logits = forward_model(input_ids=batch.ids).logits
-    return lm_loss(logits, batch.labels, count)
+    total = torch.zeros((), device=device)
+    for part in shard(idx, backend.rank, backend.size).chunk(cfg.grad_accumulation):
+        _forced_oom(step, len(part))
+        batch = train_blocks[part].to(device)
+        with autocast():
+            logits = forward_model(input_ids=batch.ids).logits
+        loss = lm_loss(logits, batch.labels, count)
+        (scaler.scale(loss) if scaler else loss).backward()
+        total += loss.detach()
+    return total
 
 
 def train(cfg: LifecycleConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, tokenizer,
@@ -161,7 +183,7 @@ def train(cfg: LifecycleConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, to
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.95))
-    forward_model, optimizer = backend.wrap(model, optimizer)
+    forward_model, optimizer = backend.wrap(model, optimizer, cfg.grad_accumulation)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     autocast, scaler = autocast_and_scaler(cfg.precision, device)
     ckpt_root = out / "checkpoints"
@@ -174,45 +196,56 @@ def train(cfg: LifecycleConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, to
     bar = _progress(cfg.max_steps, start, backend.is_root)
     started = time.perf_counter()
     step_seconds: list[float] = []
-    for step in range(start, cfg.max_steps):
-        step_started = time.perf_counter()
-        loss = _step(cfg, step, forward_model, train_blocks, backend, device, autocast)
-        optimizer.zero_grad()  # set_to_none by default; Horovod takes no argument
-        (scaler.scale(loss) if scaler else loss).backward()
-        backend.synchronize(optimizer)
-        if scaler:
-            scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        with backend.step_context(optimizer):
+    preemption = Preemption(grace_seconds())
+    try:
+        for step in range(start, cfg.max_steps):
+            step_started = time.perf_counter()
+            optimizer.zero_grad()  # set_to_none by default; Horovod takes no argument
+            loss = _step(cfg, step, forward_model, train_blocks, backend, device, autocast,
+                         scaler)
+            backend.synchronize(optimizer)
             if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-        scheduler.step()
-        step_seconds.append(time.perf_counter() - step_started)
-        done = step + 1
-        bar.update(1)
-        if done % LOG_EVERY == 0 or done == cfg.max_steps:
-            loss_value = backend.mean(loss.item())
-            bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
-            if backend.is_root:
-                _report_progress(out, cfg, done, start, loss_value, step_seconds)
-            if run_ is not None:
-                run_.log_metrics({"train_loss": loss_value, "lr": scheduler.get_last_lr()[0]},
-                                 step=done)
-        if done % cfg.eval_every == 0 and done < cfg.max_steps:
-            val = _val_loss(model, val_blocks, cfg, backend)
-            if backend.is_root:
-                log.info("step %d: train loss %.4f, val loss %.4f (ppl %.1f)", done,
-                         loss_value, val, math.exp(val))
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            with backend.step_context(optimizer):
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+            scheduler.step()
+            step_seconds.append(time.perf_counter() - step_started)
+            done = step + 1
+            bar.update(1)
+            if done % LOG_EVERY == 0 or done == cfg.max_steps:
+                loss_value = backend.mean(loss.item())
+                bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+                if backend.is_root:
+                    _report_progress(out, cfg, done, start, loss_value, step_seconds)
                 if run_ is not None:
-                    run_.log_metrics({"val_loss": val, "val_perplexity": math.exp(val)},
+                    run_.log_metrics({"train_loss": loss_value, "lr": scheduler.get_last_lr()[0]},
                                      step=done)
-        if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
-            save_checkpoint(ckpt_root, done, model, optimizer, scheduler, scaler,
-                            {"untrained_val_loss": meta["untrained_val_loss"],
-                             "train_loss": loss_value}, backend)
+            if done % cfg.eval_every == 0 and done < cfg.max_steps:
+                val = _val_loss(model, val_blocks, cfg, backend)
+                if backend.is_root:
+                    log.info("step %d: train loss %.4f, val loss %.4f (ppl %.1f)", done,
+                             loss_value, val, math.exp(val))
+                    if run_ is not None:
+                        run_.log_metrics({"val_loss": val, "val_perplexity": math.exp(val)},
+                                         step=done)
+            if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+                save_checkpoint(ckpt_root, done, model, optimizer, scheduler, scaler,
+                                {"untrained_val_loss": meta["untrained_val_loss"],
+                                 "train_loss": loss_value}, backend)
+            # SIGTERM: every rank stops after the same step (agreeing is a collective).
+            if backend.mean(1.0 if preemption.requested else 0.0) > 0:
+                if done % cfg.checkpoint_every and done != cfg.max_steps:
+                    save_checkpoint(ckpt_root, done, model, optimizer, scheduler, scaler,
+                                    {"untrained_val_loss": meta["untrained_val_loss"],
+                                     "train_loss": loss_value}, backend)
+                raise Preempted(done)
+    finally:
+        preemption.close()
     bar.close()
     seconds = time.perf_counter() - started
     result = {"rank": backend.rank, "train_seconds": seconds,

@@ -187,9 +187,33 @@ def test_distilled_student_is_smaller_and_uses_the_teacher_tokenizer(built, benc
     assert report["parameter_ratio"] < 0.5 and report["teacher"] == "challenger"
     lm, tokenizer = load_lm(folder)
     assert len(tokenizer) == len(bench.tokenizer)
-    # One head of 16: the teacher's head size (16) where it divides the student's width.
+    # One head of 16: the teacher's head size (16) kept.
     assert lm.module.model.config.n_layer == 1 and lm.module.model.config.n_embd == 16
     assert lm.module.model.config.n_head == 1
+
+
+def test_a_student_width_that_splits_no_head_is_refused_not_bent():
+    from transformers import GPT2Config, LlamaConfig
+
+    from tasks.compress.methods import student_config
+
+    gpt2 = GPT2Config(n_embd=128, n_head=4, n_layer=4)  # heads of 32
+    assert student_config(gpt2, 2, 96).num_attention_heads == 3
+    with pytest.raises(BadInput, match=r"distill_n_embd: 100 is not a multiple of the "
+                                       r"teacher's head size 32 .* use 96 or 128"):
+        student_config(gpt2, 2, 100)
+    llama = LlamaConfig(hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=512, num_hidden_layers=2)
+    student = student_config(llama, 1, 128)
+    assert (student.num_attention_heads, student.num_key_value_heads) == (2, 2)
+    with pytest.raises(BadInput, match="distill_n_embd: 96"):
+        student_config(llama, 1, 96)
+    # Known before the run when the teacher is trained from the config.
+    with pytest.raises(BadInput, match="distill_n_embd: 100"):
+        LifecycleConfig(n_embd=128, n_head=4, distill_n_embd=100,
+                        compress_methods=["distill"])
+    LifecycleConfig(n_embd=128, n_head=4, distill_n_embd=100, compress_methods=["distill"],
+                    base_model="gpt2")  # the base model's geometry is checked at the stage
 
 
 def test_tensorrt_is_refused_where_it_cannot_run_with_the_reason(bench, tmp_path):

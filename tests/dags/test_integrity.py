@@ -79,16 +79,17 @@ def test_feedback_dag_is_hourly_and_emits_the_snapshot_asset(dagbag):
     dag = dagbag.dags["aigc_feedback"]
     assert dag.schedule == "@hourly" and dag.max_active_runs == 1
     assert {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks} == {
-        "analyze": [], "retrain_needed": ["analyze"], "export": ["retrain_needed"]}
+        "analyze": [], "retrain_needed": ["analyze"], "export": ["retrain_needed"],
+        "retention": []}
     assert dag.get_task("export").outlets == [FEEDBACK_SNAPSHOTS]
     assert set(dag.params.keys()) == set(params_schema(FeedbackConfig))
 
 
 def test_every_task_and_dag_alerts_on_failure(dagbag):
-    from aigc_airflow.alerts import on_failure
+    from aigc_airflow.alerts import on_failure, on_run_failure
 
     for dag in dagbag.dags.values():
-        assert dag.on_failure_callback in (on_failure, [on_failure]), dag.dag_id
+        assert dag.on_failure_callback in (on_run_failure, [on_run_failure]), dag.dag_id
         for t in dag.tasks:
             if t.task_id == "run_failed":
                 continue

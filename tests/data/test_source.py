@@ -4,6 +4,7 @@ import pytest
 
 from tasks.config import ConfigError
 from tasks.data.source import content_hash, load_demo, read_source, resolve_uri
+from tasks.errors import BadInput
 from tests.conftest import write_dataset
 
 ROWS = [{"prompt": "hi", "response": "hello"}, {"prompt": "你好", "response": "你好！"}]
@@ -16,13 +17,15 @@ def test_demo_has_both_languages_and_no_duplicate_pairs():
     assert not frame.duplicated(["prompt", "response"]).any()
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
-def test_reads_user_files_and_guesses_language(tmp_path, suffix):
+@pytest.mark.parametrize(("suffix", "origins"), [
+    (".jsonl", ["line 1", "line 2"]), (".csv", ["row 2", "row 3"]),
+    (".parquet", ["row 1", "row 2"])])
+def test_reads_user_files_and_guesses_language(tmp_path, suffix, origins):
     path = write_dataset(tmp_path / f"d{suffix}", ROWS)
     frame = read_source(str(path), ("english", "chinese"), (str(tmp_path),))
     assert frame.to_dict("records") == [
-        {"prompt": "hi", "response": "hello", "language": "english"},
-        {"prompt": "你好", "response": "你好！", "language": "chinese"},
+        {"prompt": "hi", "response": "hello", "language": "english", "origin": origins[0]},
+        {"prompt": "你好", "response": "你好！", "language": "chinese", "origin": origins[1]},
     ]
     file_uri = read_source(path.as_uri(), ("english",), (str(tmp_path),))
     assert content_hash(file_uri) == content_hash(frame)
@@ -77,3 +80,25 @@ def test_reads_a_dataset_from_s3_under_an_allowed_prefix(tmp_path, s3):
                         ("s3://datasets/team",))
     assert content_hash(frame) == content_hash(read_source(str(path), ("english", "chinese"),
                                                            (str(tmp_path),)))
+
+
+def test_every_bad_jsonl_line_is_named_at_once_as_bad_input(tmp_path):
+    path = tmp_path / "d.jsonl"
+    lines = ['{"prompt": "a", "response": "b"}', "", '{"prompt": "c", "response": }',
+             '["not", "an", "object"]', '{"prompt": "e", "response": "f"}']
+    path.write_bytes("\n".join(lines).encode() + b"\n\xff\xfe\n")
+    with pytest.raises(BadInput) as err:
+        read_source(str(path), ("english",), (str(tmp_path),))
+    message = str(err.value)
+    assert message.startswith("dataset_uri: 3 line(s) of the JSONL file are not JSON objects")
+    assert "line 3: not JSON (Expecting value at column 29)" in message
+    assert "line 4: a JSON list, not an object" in message
+    assert "line 6: not UTF-8 (byte 1)" in message
+    assert "line 1" not in message.replace("line(s)", "") and "line 5" not in message
+
+
+def test_a_blank_line_keeps_the_numbering_of_the_file(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "c", "response": "d"}\n')
+    frame = read_source(str(path), ("english",), (str(tmp_path),))
+    assert list(frame["origin"]) == ["line 1", "line 3"]

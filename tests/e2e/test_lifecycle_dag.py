@@ -125,6 +125,7 @@ def test_two_runs_second_compares_against_first_champion(env):
             f"tags.`aigc.dag_run_id` = '{dag_run['run_id']}' and tags.`aigc.stage` = 'parent'"))
         assert len(parent) == 1
         assert parent[0].data.tags["aigc.dataset_hash"]
+        assert parent[0].info.status == "FINISHED"
         children = client.search_runs([exp.experiment_id], filter_string=(
             f"tags.`mlflow.parentRunId` = '{parent[0].info.run_id}'"))
         assert sorted(c.data.tags["aigc.stage"] for c in children) == sorted([*STAGES,
@@ -152,6 +153,12 @@ def test_validation_gate_fails_the_run_and_registers_nothing(env):
     assert ("not completed: validate, preprocess, train, register, compress, evaluate, "
             "canary, promote") in summary.stdout
     assert _client(env).search_model_versions("name = 'gate-model'") == []
+    # The run is FAILED in MLflow too (validate marked it, then the report closed it).
+    client = _client(env)
+    exp = client.get_experiment_by_name("aigc_lifecycle")
+    [parent] = client.search_runs([exp.experiment_id], filter_string=(
+        "tags.`aigc.validation` = 'failed' and tags.`aigc.stage` = 'parent'"))
+    assert parent.info.status == "FAILED"
 
 
 def test_unknown_conf_key_fails_the_first_task_with_the_field_named(env):

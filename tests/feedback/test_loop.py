@@ -84,7 +84,9 @@ def test_feedback_unfit_to_train_is_left_out_by_reason(tmp_path):
         "response": ["hello", "", "bro\u0000ken", "fine", "fine", "你好!", "salut"],
         "language": ["english"] * 5 + ["chinese", "french"],
     }).to_parquet(snapshot)
-    kept, dropped = feedback_rows([{"uri": str(snapshot)}], corpus,
+    kept, dropped = feedback_rows([{"export_id": "e1", "uri": str(snapshot)}], corpus,
                                   LifecycleConfig.from_dict(TINY))
     assert kept["prompt"].tolist() == ["how?", "你好"]
+    # Named for the validation report as where they came from.
+    assert kept["origin"].tolist() == ["feedback export e1 row 4", "feedback export e1 row 6"]
     assert dropped == {"duplicate": 2, "length": 1, "characters": 1, "language": 1}

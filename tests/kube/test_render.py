@@ -81,6 +81,9 @@ def test_pod_renders_and_validates_strictly(tmp_path, name, launcher):
     assert mount["mountPath"] == str(ctx.settings.artifact_root)
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["AIGC_ARTIFACT_ROOT"] == str(ctx.settings.artifact_root)
+    # SIGTERM's checkpoint ends inside the pod's grace period.
+    assert 0 < float(env["AIGC_PREEMPT_GRACE_S"]) < obj["spec"][
+        "terminationGracePeriodSeconds"]
 
 
 def test_compress_runs_as_a_gpu_pod_with_its_own_command(tmp_path):
@@ -248,3 +251,26 @@ def test_the_hostfile_is_used_only_in_an_mpijob_launcher(monkeypatch):
     assert mpi_hostfile() is None  # e.g. an HPC login node's own OpenMPI setting
     monkeypatch.setenv("K_MPI_JOB_ROLE", "launcher")
     assert mpi_hostfile() == "/etc/openmpi/hosts"
+
+
+def test_only_the_kubelets_oomkilled_counts_as_out_of_memory():
+    from aigc_airflow.kube import _oom_killed
+    from kubernetes.client import (
+        V1ContainerState,
+        V1ContainerStateTerminated,
+        V1ContainerStatus,
+        V1Pod,
+        V1PodStatus,
+    )
+
+    def ended(reason: str, code: int) -> V1Pod:
+        state = V1ContainerState(terminated=V1ContainerStateTerminated(exit_code=code,
+                                                                       reason=reason))
+        return V1Pod(status=V1PodStatus(container_statuses=[V1ContainerStatus(
+            name="base", state=state, image="i", image_id="", ready=False,
+            restart_count=0)]))
+
+    assert _oom_killed(ended("OOMKilled", 137), "base")
+    assert not _oom_killed(ended("Error", 137), "base")  # a plain SIGKILL
+    assert not _oom_killed(ended("OOMKilled", 137), "sidecar")
+    assert not _oom_killed(V1Pod(status=None), "base")

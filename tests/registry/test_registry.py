@@ -55,13 +55,48 @@ def test_retried_register_reuses_its_version(home, tiny, model_dir):
     assert first["version"] == again["version"] != other["version"]
 
 
-def _promote(tiny, version, promote_it, champion=None):
+def test_a_register_cut_off_after_the_version_exists_is_not_registered_twice(
+        home, tiny, model_dir, monkeypatch):
+    client = mlflow.MlflowClient
+
+    def cut_off(*args, **kwargs):
+        raise ConnectionError("the task died here")
+
+    with monkeypatch.context() as patch:
+        # Whatever the stage calls first once the version exists
+        patch.setattr(client, "set_model_version_tag", cut_off)
+        patch.setattr(client, "update_model_version", cut_off)
+        with pytest.raises(ConnectionError):
+            _register(tiny, model_dir)
+    retried = _register(tiny, model_dir)
+    versions = client().search_model_versions(f"name = '{tiny.model_name}'")
+    assert [v.version for v in versions] == [int(retried["version"])]
+    assert client().get_model_version(tiny.model_name, retried["version"]).description
+
+
+def _promote(tiny, version, promote_it, champion=None, canary=None):
+    inputs = {"evaluate": {
+        "model_name": tiny.model_name, "challenger_version": version,
+        "champion_version": champion,
+        "decision": {"promote": promote_it, "reasons": ["FAIL x", "ok y"]}}}
     ctx = StageContext(stage="promote", dag_id="aigc_lifecycle", run_id="run-1", config=tiny,
-                       inputs={"evaluate": {
-                           "model_name": tiny.model_name, "challenger_version": version,
-                           "champion_version": champion,
-                           "decision": {"promote": promote_it, "reasons": ["FAIL x", "ok y"]}}})
+                       inputs=inputs | ({"canary": canary} if canary else {}))
     return promote.run(ctx)
+
+
+def test_a_server_to_follow_without_its_admin_key_is_bad_input_and_moves_nothing(
+        home, tiny, model_dir, monkeypatch):
+    from tasks.errors import BadInput
+
+    monkeypatch.delenv("AIGC_ADMIN_KEY", raising=False)
+    version = _register(tiny, model_dir)["version"]
+    canary = {"ran": True, "decision": "promote", "steps": 4, "history": ["promote at 100%"],
+              "target": {"kind": "server", "url": "http://127.0.0.1:9"}}
+    with pytest.raises(BadInput, match="AIGC_ADMIN_KEY: needed to steer the model server"):
+        _promote(tiny, version, True, canary=canary)
+    client = mlflow.MlflowClient()
+    assert register.champion_version(client, tiny.model_name) is None
+    assert "aigc.decision" not in client.get_model_version(tiny.model_name, version).tags
 
 
 def test_promote_moves_champion_only_when_decided(home, tiny, model_dir):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -51,6 +52,16 @@ def test_server_metrics_parse_into_per_version_snapshots():
         7, 2, 4, 5)
     assert 25 <= three.p99_ms <= 50  # inside the 25-50 ms bucket
     assert 2000 <= observation(None, snaps["4"]).p99_ms <= 3000
+
+
+def test_latencies_are_the_new_sample_or_else_the_buckets():
+    before = Snapshot(2, 0, 0, 0, ((0.1, 2.0), (float("inf"), 2.0)), ((0, 0.05), (1, 0.07)))
+    after = Snapshot(4, 0, 0, 0, ((0.1, 3.0), (float("inf"), 4.0)),
+                     ((0, 0.05), (1, 0.07), (5, 0.09), (6, 0.3)))
+    assert observation(before, after).latencies == ((90.0, 1), (300.0, 1))
+    bucketed = observation(replace(before, samples=()), replace(after, samples=()))
+    assert bucketed.latencies == ((100.0, 1), (float("inf"), 1))  # one per bucket, as ties
+    assert bucketed.latency_samples == 2
 
 
 def test_observation_is_the_difference_and_survives_a_counter_reset():

@@ -1,25 +1,36 @@
-"""The canary step decision and its online A/B test, on both sides of every rule."""
+"""The canary step decision and its online A/B tests, on both sides of every rule."""
+
+from dataclasses import replace
 
 import pytest
 
+from tasks.config import ConfigError, LifecycleConfig
 from tasks.rollout.policy import (
+    RULES,
     Action,
     CanaryPolicy,
     CanaryState,
     Observation,
     next_canary_step,
-    worse_proportion_p,
 )
 
 POLICY = CanaryPolicy()
 START = CanaryState()
-HEALTHY = Observation(requests=200, errors=2, p99_ms=100.0, feedback_positive=80,
-                      feedback_total=100)
+BAR = RULES / POLICY.alpha  # evidence a count rule needs
+# 200 requests, latencies 1..200 ms once each
+LATENCIES = tuple((float(ms), 1) for ms in range(1, 201))
+HEALTHY = Observation(requests=200, errors=2, p99_ms=198.0, feedback_positive=80,
+                      feedback_total=100, latencies=LATENCIES)
 
 
 def _step(challenger: Observation, state: CanaryState = START,
           champion: Observation = HEALTHY, policy: CanaryPolicy = POLICY):
     return next_canary_step(state, champion, challenger, policy)
+
+
+def _slower(factor: float, p99_ms: float, n: int = 200) -> Observation:
+    return replace(HEALTHY, requests=n, p99_ms=p99_ms,
+                   latencies=tuple((ms * factor, c) for ms, c in LATENCIES[:n]))
 
 
 def test_a_healthy_challenger_walks_every_step_then_is_promoted():
@@ -40,39 +51,98 @@ def test_a_failing_challenger_is_rolled_back_at_once_to_zero():
     assert decision.reasons[0].startswith("FAIL error rate")
 
 
-@pytest.mark.parametrize(("errors", "action"), [(6, Action.ADVANCE), (12, Action.ROLLBACK)])
+@pytest.mark.parametrize(("errors", "action"), [(6, Action.ADVANCE), (20, Action.ROLLBACK)])
 def test_error_rate_rule_on_both_sides(errors, action):
-    # Champion 1%: 3% is within +2%, 6% is beyond it and significant.
-    assert _step(Observation(requests=200, errors=errors, p99_ms=100.0)).action is action
+    # Champion 1%: 3% is within +2%; 10% is beyond it and the evidence is past the bar.
+    decision = _step(replace(HEALTHY, errors=errors))
+    assert decision.action is action
+    assert decision.state.evidence.errors.value >= BAR or action is Action.ADVANCE
+
+
+def test_a_significant_rise_within_the_allowance_does_not_roll_back():
+    champion = replace(HEALTHY, requests=1000, errors=10)
+    decision = _step(replace(HEALTHY, requests=1000, errors=30), champion=champion)
+    assert decision.state.evidence.errors.value >= BAR  # 3% vs 1%: real, but allowed
+    assert decision.action is Action.ADVANCE
 
 
 def test_an_error_excess_that_is_not_significant_does_not_roll_back():
-    few = Observation(requests=50, errors=2, p99_ms=100.0)  # 4% of 50 vs 1% of 200
-    assert worse_proportion_p(2, 50, 2, 200) > POLICY.alpha
-    assert _step(few).action is Action.ADVANCE
+    few = replace(HEALTHY, requests=50, errors=2)  # 4% of 50 vs 1% of 200
+    decision = _step(few)
+    assert decision.state.evidence.errors.value < BAR
+    assert decision.action is Action.ADVANCE
 
 
-@pytest.mark.parametrize(("p99", "action"), [(150.0, Action.ADVANCE), (151.0, Action.ROLLBACK)])
+def test_evidence_adds_up_over_analyses_and_steps_and_rolls_back_later():
+    # 8% against 0%, 50 requests each per analysis: no single analysis is decisive, the
+    # rollout's evidence is; it survives the step's counters starting again.
+    champion = Observation(requests=50, errors=0, p99_ms=1.0)
+    challenger = Observation(requests=50, errors=4, p99_ms=1.0)
+    first = _step(challenger, champion=champion)
+    assert first.action is Action.ADVANCE and first.state.evidence.errors.value < BAR
+    second = _step(challenger, first.state, champion=champion)
+    assert second.action is Action.ROLLBACK
+    assert second.state.evidence.errors.n_challenger == 100
+    assert second.state.analyses == 2
+
+
+def test_a_hold_counts_only_what_the_step_added_since_the_last_analysis():
+    champion = Observation(requests=30, errors=0, p99_ms=1.0)
+    challenger = Observation(requests=30, errors=1, p99_ms=1.0)
+    held = _step(challenger, champion=champion)
+    assert held.action is Action.HOLD
+    again = _step(challenger, held.state, champion=champion)  # nothing new arrived
+    assert again.state.evidence == held.state.evidence
+    grown = _step(replace(challenger, requests=60, errors=1), held.state,
+                  champion=replace(champion, requests=60))
+    assert grown.state.evidence.errors.n_challenger == 60
+    assert grown.state.evidence.errors.n_champion == 60
+
+
+def test_counters_reset_by_a_restart_count_from_zero():
+    held = _step(Observation(requests=30, errors=0, p99_ms=1.0),
+                 champion=Observation(requests=30, errors=0, p99_ms=1.0))
+    after = _step(Observation(requests=10, errors=0, p99_ms=1.0), held.state,
+                  champion=Observation(requests=12, errors=0, p99_ms=1.0))
+    assert after.state.evidence.errors.n_challenger == 40
+    assert after.state.evidence.errors.n_champion == 42
+
+
+def test_at_full_weight_the_stand_in_champion_adds_no_evidence():
+    last = CanaryState(step=len(POLICY.steps) - 1)
+    decision = _step(HEALTHY, last)
+    assert decision.state.evidence == last.evidence
+    assert decision.action is Action.PROMOTE
+
+
+@pytest.mark.parametrize(("p99", "action"), [(297.0, Action.ADVANCE), (298.0, Action.ROLLBACK)])
 def test_latency_rule_on_both_sides(p99, action):
-    decision = _step(Observation(requests=200, errors=2, p99_ms=p99))
+    # Every latency 1.5x the champion's: the rank test is sure; the P99 ratio decides.
+    decision = _step(_slower(1.5, p99))
     assert decision.action is action
     if action is Action.ROLLBACK:
         assert decision.reasons[0].startswith("FAIL P99")
 
 
-@pytest.mark.parametrize(("positive", "action"), [(75, Action.ADVANCE), (60, Action.ROLLBACK)])
+def test_a_p99_past_the_ratio_without_slower_latencies_does_not_roll_back():
+    # One slow outlier lifts the P99 of a small sample; the rank test sees no shift.
+    outlier = replace(HEALTHY, p99_ms=1000.0,
+                      latencies=(*LATENCIES[:-1], (1000.0, 1)))
+    decision = _step(outlier)
+    assert decision.action is Action.ADVANCE
+    assert any("P99" in r and "rank test" in r for r in decision.reasons)
+
+
+@pytest.mark.parametrize(("positive", "action"), [(75, Action.ADVANCE), (50, Action.ROLLBACK)])
 def test_feedback_ab_test_on_both_sides(positive, action):
-    # Champion 20% negative; 25% of 100 is not significantly worse, 40% is.
-    challenger = Observation(requests=200, errors=2, p99_ms=100.0, feedback_positive=positive,
-                             feedback_total=100)
-    decision = _step(challenger)
+    # Champion 20% negative; 25% of 100 is not significantly worse, 50% is.
+    decision = _step(replace(HEALTHY, feedback_positive=positive))
     assert decision.action is action
     assert any("negative feedback" in r for r in decision.reasons)
 
 
 def test_too_little_feedback_is_not_judged():
-    sparse = Observation(requests=200, errors=2, p99_ms=100.0, feedback_positive=0,
-                         feedback_total=POLICY.min_feedback - 1)
+    sparse = replace(HEALTHY, feedback_positive=0, feedback_total=POLICY.min_feedback - 1)
     decision = _step(sparse)
     assert decision.action is Action.ADVANCE
     assert not any("feedback" in r for r in decision.reasons)
@@ -105,7 +175,8 @@ def test_one_error_in_a_small_sample_only_holds():
 @pytest.mark.parametrize(("requests", "action"), [
     (POLICY.min_latency_samples - 1, Action.HOLD), (POLICY.min_latency_samples, Action.ROLLBACK)])
 def test_a_slow_challenger_is_judged_once_it_has_latency_samples(requests, action):
-    slow = Observation(requests=requests, errors=0, p99_ms=1000.0)
+    slow = replace(_slower(50.0, 1000.0, requests), errors=0, feedback_total=0,
+                   feedback_positive=0)
     assert _step(slow).action is action
 
 
@@ -119,14 +190,14 @@ def test_enough_data_after_a_hold_resets_the_hold_count():
     assert decision.action is Action.ADVANCE and decision.state.holds == 0
 
 
-def test_fisher_test_edges():
-    assert worse_proportion_p(0, 0, 1, 10) == 1.0
-    assert worse_proportion_p(0, 10, 0, 10) == 1.0  # no variance, no evidence
-    assert worse_proportion_p(50, 100, 10, 100) < 1e-6
-    assert worse_proportion_p(10, 100, 50, 100) > 0.999
-
-
 @pytest.mark.parametrize("steps", [(), (5, 25), (25, 5, 100), (0, 50, 100), (5, 5, 100)])
 def test_policy_refuses_step_lists_that_do_not_rise_to_100(steps):
     with pytest.raises(ValueError, match="steps"):
         CanaryPolicy(steps=steps)
+
+
+def test_a_lone_full_step_is_refused_with_the_reason_in_policy_and_config():
+    with pytest.raises(ValueError, match="champion serves nothing"):
+        CanaryPolicy(steps=(100,))
+    with pytest.raises(ConfigError, match=r"canary_steps: \[100\].*champion serves nothing"):
+        LifecycleConfig(canary_steps=[100])

@@ -84,6 +84,17 @@ def test_admin_endpoints_need_the_admin_key(server, registry):
     assert _set_weight(server, registry.versions["healthy"], 101).status_code == 422
 
 
+def test_the_latency_sample_is_numbered_per_version_and_needs_the_admin_key(server):
+    url = f"{server.url}/admin/latencies"
+    assert requests.get(url, headers=server.headers(), timeout=30).status_code == 403
+    before = requests.get(url, headers=server.headers(admin=True), timeout=30).json()
+    version = _gen(server).headers["x-model-version"]
+    after = requests.get(url, headers=server.headers(admin=True), timeout=30).json()
+    old = {seq for seq, _ in before["versions"].get(version, [])}
+    new = [(seq, s) for seq, s in after["versions"][version] if seq not in old]
+    assert len(new) == 1 and new[0][0] > max(old, default=-1) and new[0][1] > 0
+
+
 def test_the_user_id_is_stored_as_a_keyed_hash(server):
     from tasks.feedback.identity import user_ref
 
@@ -92,6 +103,27 @@ def test_the_user_id_is_stored_as_a_keyed_hash(server):
                  reply.json()["request_id"])
     assert rows == [(user_ref("alice@example.com", server.user_hash_key.encode()),)]
     assert not _rows(server, "SELECT 1 FROM requests WHERE user_id LIKE '%alice%'")
+
+
+def test_an_erasure_over_the_admin_api_deletes_the_users_rows(server):
+    from tasks.feedback.identity import user_ref
+
+    served = [_gen(server, user="carol@example.com").json()["request_id"] for _ in range(2)]
+    other = _gen(server, user="dave").json()["request_id"]
+    url = f"{server.url}/admin/erasure"
+    body = {"user": "carol@example.com"}
+    assert requests.post(url, headers=server.headers(), json=body, timeout=30
+                         ).status_code == 403
+    done = requests.post(url, headers=server.headers(admin=True), json=body, timeout=60)
+    assert done.status_code == 200, done.text
+    assert done.json()["requests_deleted"] == 2 and "carol" not in done.text
+    ref = user_ref("carol@example.com", server.user_hash_key.encode())
+    assert not _rows(server, "SELECT 1 FROM requests WHERE user_id = ?", ref)
+    assert not _rows(server, f"SELECT 1 FROM requests WHERE request_id IN ('{served[0]}', "
+                             f"'{served[1]}')")
+    assert _rows(server, "SELECT 1 FROM requests WHERE request_id = ?", other)
+    assert requests.post(url, headers=server.headers(admin=True), json={"user": ""},
+                         timeout=30).status_code == 422
 
 
 def test_feedback_posted_concurrently_is_stored_exactly_once_each(server):

@@ -144,6 +144,8 @@ def test_killed_worker_fails_the_stage_and_the_retry_resumes(prepared, launcher)
     assert proc.returncode != 0
     assert "workers exited with code" in output
     assert not (ctx.stage_dir / "result.json").exists()
+    # A plain SIGKILL is not an out-of-memory death: the retry keeps the batch split.
+    assert not (ctx.stage_dir / "oom.json").exists()
 
     resumed = run_stage(ctx)
     assert resumed["resumed_from_step"] >= 40
