@@ -53,13 +53,18 @@ def _unfit(prompt: str, response: str, cfg: LifecycleConfig) -> str | None:
     return None
 
 
+def _export_rows(export: dict[str, Any]) -> pd.DataFrame:
+    """One feedback snapshot's rows, each named by where it is in that snapshot."""
+    frame = pd.read_parquet(export["uri"])
+    return frame.assign(**{ORIGIN: [f"feedback export {export['export_id']} row {i}"
+                                    for i in range(1, len(frame) + 1)]})
+
+
 def feedback_rows(exports: list[dict[str, Any]], corpus: pd.DataFrame, cfg: LifecycleConfig,
                   ) -> tuple[pd.DataFrame, dict[str, int]]:
     """The pairs of the feedback snapshots that triggered this run, minus those unfit to
     train on, by reason (they stay in the store and the snapshot)."""
-    frames = [pd.read_parquet(e["uri"]).assign(**{ORIGIN: lambda f, e=e: [
-        f"feedback export {e['export_id']} row {i}" for i in range(1, len(f) + 1)]})
-        for e in exports]
+    frames = [_export_rows(e) for e in exports]
     rows = (pd.concat(frames, ignore_index=True) if frames
             else pd.DataFrame(columns=[*COLUMNS, ORIGIN]))
     seen = set(zip(corpus["prompt"], corpus["response"], strict=True))

@@ -129,8 +129,9 @@ def test_feedback_triggers_one_retrain_on_exactly_the_new_rows(server, api):
         tis = session.get(f"{run_url}/taskInstances", timeout=60).json()["task_instances"]
         return {t["task_id"]: t["state"] for t in tis}
 
+    # Retention is off here (AIGC_RETENTION_DAYS unset): its task succeeds, deleting nothing.
     assert trigger_feedback() == {"analyze": "success", "retrain_needed": "success",
-                                  "export": "success"}
+                                  "export": "success", "retention": "success"}
     runs = wait_for(lambda: _asset_runs(session, dag_url), 120, "the Asset-triggered run")
     assert len(runs) == 1
     run_url = f"{dag_url}/dagRuns/{runs[0]['dag_run_id']}"
@@ -154,6 +155,6 @@ def test_feedback_triggers_one_retrain_on_exactly_the_new_rows(server, api):
 
     # Inside the cooldown: analysed, not exported, no second run.
     assert trigger_feedback() == {"analyze": "success", "retrain_needed": "success",
-                                  "export": "skipped"}
+                                  "export": "skipped", "retention": "success"}
     time.sleep(20)
     assert len(_asset_runs(session, dag_url)) == 1
