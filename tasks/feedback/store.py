@@ -341,7 +341,8 @@ class FeedbackStore:
         one transaction. An export not yet trained on loses the user's rows too
         (`rewrite(uri, feedback_ids)` rewrites its file without them), so no future training
         sees them; exports already trained on are named by the lifecycle runs that used
-        them. A failure anywhere deletes nothing."""
+        them. A failure deletes nothing from the store (an export file rewritten before it
+        stays rewritten; running the erasure again finishes it)."""
         with self._tx() as run:
             self._lock_rows(run)
             requests = [r["request_id"] for r in map(dict, run(
