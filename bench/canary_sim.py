@@ -45,6 +45,7 @@ from tasks.rollout.policy import (
     Observation,
     next_canary_step,
 )
+from tasks.rollout.stats import _log_comb
 from tasks.settings import PROJECT_ROOT
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
@@ -110,10 +111,9 @@ def _fisher_p(bad_a: int, n_a: int, bad_b: int, n_b: int) -> float:
     """One-sided Fisher exact p-value that A's bad rate is above B's (the old policy's)."""
     if not n_a or not n_b:
         return 1.0
-    comb = lambda n, k: math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)  # noqa: E731
     total, bad = n_a + n_b, bad_a + bad_b
-    base = comb(total, n_a)
-    return min(1.0, sum(math.exp(comb(bad, k) + comb(total - bad, n_a - k) - base)
+    base = _log_comb(total, n_a)
+    return min(1.0, sum(math.exp(_log_comb(bad, k) + _log_comb(total - bad, n_a - k) - base)
                         for k in range(bad_a, min(bad, n_a) + 1)))
 
 

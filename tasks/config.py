@@ -11,6 +11,7 @@ from typing import Any
 
 from tasks.errors import ConfigError
 from tasks.rollout.policy import steps_problem
+from tasks.text import cut
 
 # Compression methods by name (tasks.compress.methods.METHODS implements each).
 COMPRESSION_METHODS = ("torch_int8_dynamic", "inc_int8_dynamic", "inc_int8_static",
@@ -385,9 +386,8 @@ def _is_optional(f: dataclasses.Field) -> bool:
 
 
 def _shown(value: Any) -> str:
-    """A refused value as an error quotes it: cut to a readable length."""
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:80]}… ({len(text):,} characters)"
+    """A refused value as an error quotes it."""
+    return cut(repr(value), 80)
 
 
 def _check_field(f: dataclasses.Field, value: Any) -> None:

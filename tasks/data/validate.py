@@ -16,6 +16,7 @@ from tasks.data.pii import KINDS, pii_kinds
 from tasks.data.source import COLUMNS, DISALLOWED_CHARS, ORIGIN
 from tasks.errors import BadInput
 from tasks.stage import StageContext, atomic_path, write_json
+from tasks.text import cut
 from tasks.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,7 @@ def _cut(value: Any) -> Any:
     """A value as quoted: long texts cut to a readable length, saying how long they were."""
     if isinstance(value, dict):
         return {k: _cut(v) for k, v in value.items()}
-    if isinstance(value, str) and len(value) > SHOWN_CHARS:
-        return f"{value[:SHOWN_CHARS]}… ({len(value)} chars)"
-    return value
+    return cut(value, SHOWN_CHARS) if isinstance(value, str) else value
 
 
 def describe(r: dict[str, Any]) -> tuple[str, str, str]:

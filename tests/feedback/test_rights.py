@@ -5,6 +5,7 @@ record of it holds nothing personal."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -122,7 +123,7 @@ def test_retention_purges_old_rows_but_keeps_what_an_export_still_needs(
     assert done.exports_changed == (trained.export_id,) and done.kind == "retention"
     assert sorted(r["request_id"] for r in store.query("SELECT request_id FROM requests")) == [
         "new", "old-pending"]
-    assert not pd.io.common.file_exists(trained.uri)
+    assert not Path(trained.uri).exists()
     assert len(pd.read_parquet(pending.uri)) == 1
     assert rights.purge(store, 0) is None  # retention off
 
